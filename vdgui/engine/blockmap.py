@@ -1,0 +1,226 @@
+"""Shared machinery for formats that map fixed-size virtual blocks to file offsets.
+
+Most dynamic formats are "a header plus a table from virtual block to file offset,
+with markers for free and zero blocks".  A format describes its table through one
+vectorised function, ``lookup(first, count) -> (states, offsets)``, and
+:class:`BlockMap` answers the generic questions with it: what a range holds
+(:meth:`BlockMap.block_status`), reading and writing allocated ranges with one I/O
+per physically contiguous run.  :class:`FlatTable` keeps a one-level table in
+memory and writes back the sectors that changed; :func:`unit_runs` splits data to
+be allocated into runs of all-zero and non-zero blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import Corrupted, InvalidState, NotSupported
+from .io import Storage
+from .types import SECTOR, Status
+
+# Block states as small integers, so that tables can be classified with numpy.
+FREE = 0
+ZERO = 1
+DATA = 2
+ALLOCATED_ZERO = 3
+
+STATUS_OF_STATE = (Status.FREE, Status.ZERO, Status.DATA, Status.ALLOCATED_ZERO)
+
+#: Blocks examined per lookup: bounds memory and time per call, whatever the disk size.
+LOOKAHEAD = 1 << 16
+
+#: Refuse block tables larger than this in memory (a 256 TiB disk in 1 MiB blocks).
+MAX_TABLE_BYTES = 1 << 30
+
+Lookup = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
+
+_ZERO_CACHE: dict[int, bytes] = {}
+
+
+def zeros(length: int) -> bytes:
+    """A shared all-zero ``bytes`` of ``length`` (for comparisons and fills)."""
+    block = _ZERO_CACHE.get(length)
+    if block is None:
+        block = bytes(length)
+        if length <= 16 << 20:
+            _ZERO_CACHE[length] = block
+    return block
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True when every byte is zero (a memcmp against a preallocated zero block)."""
+    if isinstance(data, memoryview):
+        # A memoryview compares element by element (slow): compare its bytes.
+        data = data.tobytes()
+    if len(data) > 16 << 20:
+        return not np.frombuffer(data, dtype=np.uint8).any()
+    return data == zeros(len(data))
+
+
+def fill_zero(buf: memoryview, start: int, end: int) -> None:
+    """Zero ``buf[start:end]``."""
+    step = 1 << 20
+    for pos in range(start, end, step):
+        n = min(step, end - pos)
+        buf[pos:pos + n] = zeros(n)
+
+
+def run_length(values: np.ndarray, start: int = 0) -> int:
+    """Length of the run of values equal to ``values[start]`` beginning at ``start``."""
+    rest = values[start:]
+    breaks = np.flatnonzero(rest != rest[0])
+    return int(breaks[0]) if breaks.size else len(rest)
+
+
+def unit_runs(data: memoryview, unit: int, detect_zero: bool) -> Iterator[tuple[int, int, bool]]:
+    """Split whole units of ``data`` into runs ``(first unit, count, all zero)``.
+
+    With ``detect_zero`` false every run is reported non-zero.
+    """
+    count = len(data) // unit
+    if not detect_zero:
+        if count:
+            yield 0, count, False
+        return
+    flags = [is_zero(data[i * unit:(i + 1) * unit]) for i in range(count)]
+    i = 0
+    while i < count:
+        j = i + 1
+        while j < count and flags[j] == flags[i]:
+            j += 1
+        yield i, j - i, flags[i]
+        i = j
+
+
+class BlockMap:
+    """Generic reads, writes and status queries over a block table.
+
+    ``lookup(first, count)`` returns two arrays of ``count`` entries: the state of
+    each block (:data:`FREE`, :data:`ZERO`, :data:`DATA`, :data:`ALLOCATED_ZERO`)
+    and, for allocated blocks, the file offset of its first byte.
+    """
+
+    def __init__(self, storage: Storage, block_size: int, size: int, lookup: Lookup) -> None:
+        self.storage = storage
+        self.block_size = block_size
+        self.size = size
+        self.lookup = lookup
+
+    def _window(self, offset: int, end: int) -> tuple[int, int]:
+        first = offset // self.block_size
+        last = (end - 1) // self.block_size
+        return first, min(last - first + 1, LOOKAHEAD)
+
+    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
+        end = min(offset + length, self.size)
+        first, count = self._window(offset, end)
+        states, _ = self.lookup(first, count)
+        run = run_length(states)
+        return STATUS_OF_STATE[int(states[0])], min((first + run) * self.block_size, end) - offset
+
+    def _runs(self, offset: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(start, stop, state, file offset of start)`` runs covering the range.
+
+        A run is a stretch of blocks in one state that, for allocated blocks, also
+        lie back to back in the file, so it can be transferred with one I/O.
+        """
+        bs = self.block_size
+        pos = offset
+        while pos < end:
+            first, count = self._window(pos, end)
+            states, offsets = self.lookup(first, count)
+            states = np.asarray(states)
+            offsets = np.asarray(offsets, dtype=np.int64)
+            allocated = (states == DATA) | (states == ALLOCATED_ZERO)
+            starts = np.ones(count, dtype=bool)
+            if count > 1:
+                same_state = states[1:] == states[:-1]
+                contiguous = ~allocated[1:] | (offsets[1:] == offsets[:-1] + bs)
+                starts[1:] = ~(same_state & contiguous)
+            bounds = np.append(np.flatnonzero(starts), count)
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                stop = min((first + b) * bs, end)
+                if stop <= pos:
+                    continue
+                state = int(states[a])
+                file_offset = int(offsets[a]) + (pos - (first + a) * bs) if state in (
+                    DATA, ALLOCATED_ZERO) else -1
+                yield pos, stop, state, file_offset
+                pos = stop
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        for start, stop, state, file_offset in self._runs(offset, end):
+            if state == DATA:
+                view = buf[start - offset:stop - offset]
+                got = self.storage.readinto_at(file_offset, view)
+                if got != len(view):
+                    raise Corrupted(
+                        f"the data of virtual offset {start + got} should be at file "
+                        f"offset {file_offset + got}, which lies beyond the end of the file",
+                        self.storage.path)
+            else:
+                fill_zero(buf, start - offset, stop - offset)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        end = offset + len(data)
+        for start, stop, state, file_offset in self._runs(offset, end):
+            if state != DATA:
+                raise InvalidState(f"internal error: in-place write to an unallocated "
+                                   f"range at {start}", self.storage.path)
+            self.storage.write_at(file_offset, data[start - offset:stop - offset])
+
+
+class FlatTable:
+    """A one-level table of fixed-size entries, kept in memory.
+
+    Changes are written back by :meth:`persist`, which rewrites the whole sectors
+    holding the changed entries (a sector write is atomic on real disks).
+    """
+
+    def __init__(self, storage: Storage, offset: int, count: int, dtype: str,
+                 what: str = "block table") -> None:
+        self.storage = storage
+        self.offset = offset
+        self.dtype = np.dtype(dtype)
+        self.what = what
+        nbytes = count * self.dtype.itemsize
+        if nbytes > MAX_TABLE_BYTES:
+            raise NotSupported(f"the {what} has {count} entries, more than this program "
+                               f"keeps in memory", storage.path)
+        raw = storage.read_exact(offset, nbytes, what) if nbytes else b""
+        self.entries = np.frombuffer(raw, dtype=self.dtype).copy()
+
+    @classmethod
+    def new(cls, storage: Storage, offset: int, count: int, dtype: str, fill: int,
+            what: str = "block table") -> FlatTable:
+        """A table of ``count`` entries set to ``fill``, not yet written."""
+        table = cls.__new__(cls)
+        table.storage = storage
+        table.offset = offset
+        table.dtype = np.dtype(dtype)
+        table.what = what
+        table.entries = np.full(count, fill, dtype=table.dtype)
+        return table
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def tobytes(self) -> bytes:
+        return self.entries.tobytes()
+
+    def persist(self, first: int, count: int) -> None:
+        """Write the sectors holding entries ``first .. first+count-1``."""
+        if count <= 0:
+            return
+        size = self.dtype.itemsize
+        total = len(self.entries) * size
+        start = (first * size) // SECTOR * SECTOR
+        stop = min(-(-((first + count) * size) // SECTOR) * SECTOR, total)
+        raw = self.entries.view(np.uint8)[start:stop]
+        self.storage.write_at(self.offset + start, raw.tobytes())
+
+    def persist_all(self) -> None:
+        self.storage.write_at(self.offset, self.entries.tobytes())

@@ -1,0 +1,354 @@
+"""The protocol every format backend implements.
+
+A backend is a subclass of :class:`Image`.  Its class methods probe, open and
+create files of its format; an instance is one opened image.  The container asks
+an image only about its *own* content: :meth:`Image.block_status` says, for a range
+of the virtual disk, whether this image stores data there, defines it as zeros, or
+has nothing (so the reader must look further down the chain).  The container does
+the rest: falling through the chain, filling newly allocated blocks from below,
+suppressing writes that change nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
+
+from ..errors import GeometryNotSet, InvalidParameter, NotSupported, ReadOnly
+from ..io import Storage, StorageProvider
+from ..progress import Progress
+from ..types import (Capability, ConfigKey, DiskType, Geometry, ImageFlags, OpenFlags,
+                     SECTOR, Status, variant_names)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """``VDBACKENDINFO``: a backend's name, capabilities, extensions and keys."""
+
+    name: str
+    description: str
+    capabilities: Capability
+    #: ``(extension without dot, device type)`` pairs.
+    extensions: tuple[tuple[str, DiskType], ...]
+    #: Variant names (see :data:`~vdgui.engine.types.VARIANT_FLAGS`) it can create.
+    variants: tuple[str, ...] = ()
+    config_keys: tuple[ConfigKey, ...] = ()
+    #: Image flags the backend accepts at creation.
+    image_flags_mask: ImageFlags = ImageFlags.FIXED | ImageFlags.DIFF
+
+    def has(self, cap: Capability) -> bool:
+        return bool(self.capabilities & cap)
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    """What a new differencing image records about its parent."""
+
+    uuid: uuidlib.UUID | None
+    modification_uuid: uuidlib.UUID | None
+    #: The parent's file name exactly as the container was given it.
+    path: str
+    #: The parent's backend name (QCOW2/QED record a backing format).
+    format: str
+    #: Parent modification time (VHD records it), seconds since the epoch.
+    timestamp: float | None = None
+
+
+@dataclass
+class CreateRequest:
+    """Everything a backend needs to create an image (``VDCreateBase/Diff``)."""
+
+    path: str
+    size: int
+    image_flags: ImageFlags
+    uuid: uuidlib.UUID
+    comment: str | None = None
+    pchs: Geometry = field(default_factory=Geometry)
+    lchs: Geometry = field(default_factory=Geometry)
+    open_flags: OpenFlags = OpenFlags.NORMAL
+    disk_type: DiskType = DiskType.HDD
+    parent: ParentLink | None = None
+    #: Creation options (``-o KEY=VALUE``), validated against the backend's keys.
+    config: Mapping[str, str] = field(default_factory=dict)
+    progress: Progress | None = None
+
+
+class Image(abc.ABC):
+    """One opened image file (or set of files) of some format."""
+
+    info: ClassVar[BackendInfo]
+
+    # -- class-level entry points -------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, io: StorageProvider, path: str, disk_type: DiskType) -> DiskType:
+        """Say whether ``path`` is of this format, without writing anything.
+
+        Returns the device type the image is for.  Raises
+        :class:`~vdgui.engine.errors.InvalidHeader` when the file is not of this
+        format; any other error means "mine, but unusable" (VDGetFormat semantics).
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
+             disk_type: DiskType) -> Image:
+        """Open an existing image."""
+
+    @classmethod
+    def create(cls, io: StorageProvider, request: CreateRequest) -> Image:
+        """Create a new image and return it opened (read/write)."""
+        raise NotSupported(f"the {cls.info.name} format cannot create images", request.path)
+
+    # -- identity -----------------------------------------------------------------
+
+    def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
+                 disk_type: DiskType = DiskType.HDD) -> None:
+        self.io = io
+        self.path = path
+        self.open_flags = flags
+        self.disk_type = disk_type
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.open_flags & OpenFlags.READONLY)
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("the image is opened read-only", self.path)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+    # -- geometry of the virtual disk ----------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Virtual size in bytes (``VDGetSize``)."""
+
+    @property
+    def sector_size(self) -> int:
+        """Logical block size (``VDGetSectorSize``): 512, or 2048 for optical media."""
+        return 2048 if self.disk_type == DiskType.DVD else SECTOR
+
+    # -- content ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
+        """What this image holds at ``offset``: a status and how many bytes it lasts.
+
+        The run is at least 1 byte and at most ``length``; ``offset < size``.
+        """
+
+    @abc.abstractmethod
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """Read a range this image reported present (DATA or zero kinds)."""
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write into storage that already exists (status DATA or ALLOCATED_ZERO)."""
+        raise ReadOnly(f"the {self.info.name} format cannot be written", self.path)
+
+    @property
+    def allocation_unit(self) -> int:
+        """Size of the aligned unit a write must fill whole where nothing is stored.
+
+        A write into a FREE or ZERO range is widened to whole units, filled with what
+        the chain below returns, and handed to :meth:`write_blocks`.
+        """
+        return SECTOR
+
+    def write_blocks(self, offset: int, data: memoryview) -> None:
+        """Allocate storage for whole units at ``offset`` and write ``data`` there.
+
+        ``offset`` is aligned to :attr:`allocation_unit` and ``data`` covers whole
+        units (the part past the end of the disk is zeros).  The range is FREE or
+        ZERO in this image.  A backend that can mark a block "zero" may do so for an
+        all-zero unit instead of allocating, unless opened with HONOR_ZEROES.
+        """
+        raise ReadOnly(f"the {self.info.name} format cannot be written", self.path)
+
+    def flush(self) -> None:
+        """Write cached metadata and make everything durable."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Write back metadata (when writable) and release the files."""
+
+    def delete_files(self) -> None:
+        """Remove the image's files; the image must be closed."""
+        for path in self.files:
+            self.io.delete(path)
+
+    def set_open_flags(self, flags: OpenFlags) -> None:
+        """Switch between read-only and read/write (``VDSetOpenFlags``)."""
+        self.open_flags = flags
+
+    # -- what the image stores about itself ----------------------------------------
+
+    @property
+    def files(self) -> list[str]:
+        """Every host file the image consists of."""
+        return [self.path]
+
+    @property
+    def file_size(self) -> int:
+        """Length of all the image's files together (``VDGetFileSize``)."""
+        return sum(self.io.file_sizes(path)[0] for path in self.files)
+
+    @property
+    def allocated_size(self) -> int:
+        """Bytes the image's files really occupy on the host (sparse files use less)."""
+        return sum(self.io.file_sizes(path)[1] for path in self.files)
+
+    @property
+    def version(self) -> int:
+        """The format's own version number as stored (``VDGetVersion``)."""
+        return 1
+
+    @property
+    def image_flags(self) -> ImageFlags:
+        """The image's variant as stored (FIXED, DIFF, format-specific bits)."""
+        return ImageFlags.NONE
+
+    @property
+    def variant(self) -> list[str]:
+        return variant_names(self.image_flags & ~ImageFlags.DIFF)
+
+    @property
+    def encrypted(self) -> bool:
+        return False
+
+    @property
+    def parent_filename(self) -> str | None:
+        """The parent's file name as the image stores it, or None."""
+        return None
+
+    @property
+    def parent_format(self) -> str | None:
+        """The parent's format as the image stores it (QCOW2 backing format), or None."""
+        return None
+
+    def _unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"the {self.info.name} format does not store {what}", self.path)
+
+    # UUIDs (``VDGet/SetUuid``, ``...ModificationUuid``, ``...ParentUuid``,
+    # and the backends' parent modification UUID).  Formats without them raise
+    # NotSupported, as VirtualBox's do.
+
+    @property
+    def uuid(self) -> uuidlib.UUID:
+        raise self._unsupported("a UUID")
+
+    @uuid.setter
+    def uuid(self, value: uuidlib.UUID) -> None:
+        raise self._unsupported("a UUID")
+
+    @property
+    def modification_uuid(self) -> uuidlib.UUID:
+        raise self._unsupported("a modification UUID")
+
+    @modification_uuid.setter
+    def modification_uuid(self, value: uuidlib.UUID) -> None:
+        raise self._unsupported("a modification UUID")
+
+    @property
+    def parent_uuid(self) -> uuidlib.UUID:
+        raise self._unsupported("a parent UUID")
+
+    @parent_uuid.setter
+    def parent_uuid(self, value: uuidlib.UUID) -> None:
+        raise self._unsupported("a parent UUID")
+
+    @property
+    def parent_modification_uuid(self) -> uuidlib.UUID:
+        raise self._unsupported("a parent modification UUID")
+
+    @parent_modification_uuid.setter
+    def parent_modification_uuid(self, value: uuidlib.UUID) -> None:
+        raise self._unsupported("a parent modification UUID")
+
+    @property
+    def comment(self) -> str:
+        raise self._unsupported("a comment")
+
+    @comment.setter
+    def comment(self, value: str) -> None:
+        raise self._unsupported("a comment")
+
+    @property
+    def pchs(self) -> Geometry:
+        raise GeometryNotSet("the image stores no physical geometry", self.path)
+
+    @pchs.setter
+    def pchs(self, value: Geometry) -> None:
+        raise self._unsupported("a physical geometry")
+
+    @property
+    def lchs(self) -> Geometry:
+        raise GeometryNotSet("the image stores no logical geometry", self.path)
+
+    @lchs.setter
+    def lchs(self, value: Geometry) -> None:
+        raise self._unsupported("a logical geometry")
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Format-internal structures for ``VDDumpImages``: (field, value) pairs."""
+        return []
+
+
+def validate_config(info: BackendInfo, config: Mapping[str, str], path: str) -> None:
+    """Refuse creation options the backend does not know."""
+    known = {key.name.lower() for key in info.config_keys}
+    unknown = [k for k in config if k.lower() not in known]
+    if unknown:
+        listing = ", ".join(k.name for k in info.config_keys) or "none"
+        raise InvalidParameter(
+            f"the {info.name} format has no option {', '.join(unknown)} (options: {listing})",
+            path)
+
+
+def config_int(config: Mapping[str, str], key: str, default: int, path: str) -> int:
+    """An integer creation option (case-insensitive key; size suffixes allowed)."""
+    from ..sizes import parse_size
+    for name, value in config.items():
+        if name.lower() == key.lower():
+            try:
+                return parse_size(value)
+            except ValueError:
+                raise InvalidParameter(f"option {key}={value!r} is not a number", path) from None
+    return default
+
+
+def open_storage(io: StorageProvider, path: str, flags: OpenFlags) -> Storage:
+    """Open an image's main file as the open flags say."""
+    writable = not flags & OpenFlags.READONLY
+    return io.open(path, writable=writable, shareable=bool(flags & OpenFlags.SHAREABLE))
+
+
+class SingleFileImage(Image):
+    """An image that lives in one file, opened as ``self.storage``."""
+
+    def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
+                 disk_type: DiskType = DiskType.HDD) -> None:
+        super().__init__(io, path, flags, disk_type)
+        self.storage: Storage = open_storage(io, path, flags)
+
+    def set_open_flags(self, flags: OpenFlags) -> None:
+        """Reopen the file read-only or read/write as ``flags`` say."""
+        want_writable = not flags & OpenFlags.READONLY
+        if want_writable != self.storage.writable:
+            if self.storage.writable:
+                self.flush()
+            self.storage.reopen(want_writable, bool(flags & OpenFlags.SHAREABLE))
+        self.open_flags = flags
+
+    def flush(self) -> None:
+        if self.storage.writable:
+            self.storage.flush()
+
+    def close(self) -> None:
+        self.storage.close()

@@ -1,0 +1,80 @@
+"""The backend registry: which formats exist, what they can do, and probing.
+
+``VDBackendInfo`` / ``VDBackendInfoOne`` / ``VDGetFormat``.  Backends are tried in
+VirtualBox's registration order, so that a file two formats could claim is claimed
+the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import (AccessDenied, FileNotFound, InvalidHeader, InvalidParameter,
+                     NotSupported, VDError)
+from .formats.base import BackendInfo, Image
+from .formats.raw import RawImage
+from .formats.vdi import VdiImage
+from .io import StorageProvider, default_provider
+from .types import DiskType
+
+#: Image backends in probe order (VirtualBox: VMDK, VDI, VHD, Parallels, DMG, QED,
+#: QCOW, VHDX, ..., RAW).
+_BACKENDS: tuple[type[Image], ...] = (VdiImage, RawImage)
+
+#: Other names people use for a format.
+ALIASES = {"vpc": "VHD", "img": "RAW", "iso": "RAW"}
+
+
+def backends() -> list[BackendInfo]:
+    """``VDBackendInfo``: every registered backend."""
+    return [cls.info for cls in _BACKENDS]
+
+
+def backend_class(name: str) -> type[Image]:
+    """The backend called ``name`` (case-insensitive, aliases allowed)."""
+    wanted = ALIASES.get(name.lower(), name).lower()
+    for cls in _BACKENDS:
+        if cls.info.name.lower() == wanted:
+            return cls
+    known = ", ".join(info.name.lower() for info in backends())
+    raise InvalidParameter(f"unknown format {name!r} (known formats: {known})")
+
+
+def backend_info(name: str) -> BackendInfo:
+    """``VDBackendInfoOne``."""
+    return backend_class(name).info
+
+
+def backend_for_extension(path: str) -> type[Image] | None:
+    """The backend whose file extension ``path`` carries, if any."""
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    for cls in _BACKENDS:
+        if any(ext == e for e, _ in cls.info.extensions):
+            return cls
+    return None
+
+
+def probe(path: str, disk_type: DiskType = DiskType.INVALID,
+          io: StorageProvider | None = None) -> tuple[str, DiskType]:
+    """``VDGetFormat``: the format of ``path`` and the device type it is for.
+
+    A backend claims the file when its probe succeeds or fails with anything but
+    "not my format", so that the later open explains what is wrong.  Nothing is
+    ever written.
+    """
+    io = io or default_provider()
+    if not io.exists(path):
+        # Let the file layer say precisely why (missing, a folder, no permission).
+        io.open(path).close()
+        raise FileNotFound("file not found", path)
+    for cls in _BACKENDS:
+        try:
+            return cls.info.name, cls.probe(io, path, disk_type)
+        except InvalidHeader:
+            continue
+        except (FileNotFound, AccessDenied):
+            raise
+        except VDError:
+            return cls.info.name, DiskType.HDD if disk_type == DiskType.INVALID else disk_type
+    raise NotSupported("the file is not a disk image in any format this program knows "
+                       "(if it is a raw disk image, name the format: -f raw)", path)
