@@ -224,3 +224,60 @@ class FlatTable:
 
     def persist_all(self) -> None:
         self.storage.write_at(self.offset, self.entries.tobytes())
+
+
+class TableCache:
+    """Second-level tables (L2 tables, grain tables) loaded on demand and kept LRU.
+
+    Two-level formats (QCOW2, QED, VMDK sparse extents) point from a first-level
+    table at second-level tables of ``entries`` entries each.  ``get(offset)``
+    returns the table stored at a file offset as a writable numpy array; changes
+    are written back with :meth:`persist` (whole sectors around the changed entries).
+    """
+
+    def __init__(self, storage: Storage, entries: int, dtype: str, capacity: int = 256,
+                 what: str = "second-level table") -> None:
+        self.storage = storage
+        self.entries = entries
+        self.dtype = np.dtype(dtype)
+        self.capacity = capacity
+        self.what = what
+        self._tables: dict[int, np.ndarray] = {}
+
+    @property
+    def table_bytes(self) -> int:
+        return self.entries * self.dtype.itemsize
+
+    def get(self, offset: int) -> np.ndarray:
+        table = self._tables.pop(offset, None)
+        if table is None:
+            raw = self.storage.read_exact(offset, self.table_bytes, self.what)
+            table = np.frombuffer(raw, dtype=self.dtype).copy()
+            if len(self._tables) >= self.capacity:
+                self._tables.pop(next(iter(self._tables)))
+        self._tables[offset] = table  # most recently used last
+        return table
+
+    def new(self, offset: int, fill: int = 0) -> np.ndarray:
+        """Start a table at ``offset`` filled with ``fill`` and write it out whole."""
+        table = np.full(self.entries, fill, dtype=self.dtype)
+        self.storage.write_at(offset, table.tobytes())
+        if len(self._tables) >= self.capacity:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[offset] = table
+        return table
+
+    def persist(self, offset: int, first: int, count: int) -> None:
+        """Write the sectors of the table at ``offset`` holding entries first..first+count-1."""
+        table = self._tables[offset]
+        size = self.dtype.itemsize
+        start = (first * size) // SECTOR * SECTOR
+        stop = min(-(-((first + count) * size) // SECTOR) * SECTOR, self.table_bytes)
+        self.storage.write_at(offset + start, table.view(np.uint8)[start:stop].tobytes())
+
+    def forget(self, offset: int | None = None) -> None:
+        """Drop one cached table (or all of them), e.g. after it was moved or freed."""
+        if offset is None:
+            self._tables.clear()
+        else:
+            self._tables.pop(offset, None)

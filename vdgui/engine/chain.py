@@ -12,7 +12,7 @@ import logging
 import os
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from . import registry
 from .container import Disk
@@ -180,10 +180,12 @@ def discover_chain(path: str | os.PathLike[str], search_paths: Sequence[str] = (
 
 def open_chain(path: str | os.PathLike[str], flags: OpenFlags = OpenFlags.NORMAL,
                search_paths: Sequence[str] = (), backend: str | None = None,
-               io: StorageProvider | None = None) -> Disk:
+               io: StorageProvider | None = None,
+               config: Mapping[str, str] | None = None) -> Disk:
     """A :class:`Disk` holding the chain ending in ``path``.
 
-    Ancestors are opened read-only; ``path`` itself with ``flags``.
+    Ancestors are opened read-only; ``path`` itself with ``flags``.  ``config`` is
+    given to every image's backend.
     """
     io = io or default_provider()
     links = discover_chain(path, search_paths, backend, io)
@@ -193,7 +195,8 @@ def open_chain(path: str | os.PathLike[str], flags: OpenFlags = OpenFlags.NORMAL
         for i, link in enumerate(links):
             top = i == len(links) - 1
             disk.open(link.path, link.backend,
-                      flags if top else (flags & ~OpenFlags.DISCARD) | OpenFlags.READONLY)
+                      flags if top else (flags & ~OpenFlags.DISCARD) | OpenFlags.READONLY,
+                      config)
     except BaseException:
         disk.close_all()
         raise

@@ -153,10 +153,12 @@ class Disk:
     # -- opening -------------------------------------------------------------------
 
     def open(self, path: str | os.PathLike[str], backend: str | None = None,
-             flags: OpenFlags = OpenFlags.NORMAL) -> int:
+             flags: OpenFlags = OpenFlags.NORMAL,
+             config: Mapping[str, str] | None = None) -> int:
         """``VDOpen``: add an existing image on top of the chain; returns its number.
 
-        ``backend`` None probes the format.  Differencing images must be opened on
+        ``backend`` None probes the format; ``config`` is the per-image configuration
+        the backend understands.  Differencing images must be opened on
         top of the image they were made from: their stored parent UUID is checked
         (``VERR_VD_UUID_MISMATCH``) unless ``INFO`` is given.
         """
@@ -176,13 +178,13 @@ class Disk:
             backend_flags = flags & ~CONTAINER_OPEN_FLAGS
             reason = ""
             try:
-                image = cls.open(self.io, path, backend_flags, self.disk_type)
+                image = cls.open(self.io, path, backend_flags, self.disk_type, config)
             except (AccessDenied, ImageInUse) as exc:
                 if flags & OpenFlags.READONLY:
                     raise
                 # VDOpen's fallback: open read-only and say why in later write errors.
                 image = cls.open(self.io, path, backend_flags | OpenFlags.READONLY,
-                                 self.disk_type)
+                                 self.disk_type, config)
                 reason = exc.message
             try:
                 slot = self._make_slot(image, cls.info.name, flags, reason)

@@ -12,6 +12,7 @@ suppressing writes that change nothing.
 from __future__ import annotations
 
 import abc
+import os
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
@@ -95,8 +96,12 @@ class Image(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType) -> Image:
-        """Open an existing image."""
+             disk_type: DiskType, config: Mapping[str, str] | None = None) -> Image:
+        """Open an existing image.
+
+        ``config`` is the per-image configuration (VD's config interface): options
+        such as VMDK's permission to follow extent paths outside the image's folder.
+        """
 
     @classmethod
     def create(cls, io: StorageProvider, request: CreateRequest) -> Image:
@@ -352,3 +357,17 @@ class SingleFileImage(Image):
 
     def close(self) -> None:
         self.storage.close()
+
+
+def relative_parent_path(child_path: str, parent_path: str) -> str:
+    """The parent reference a new differencing image should store.
+
+    Relative to the child's folder when the parent lies in that folder or below it
+    (the chain then survives moving the folder), otherwise the absolute path.
+    """
+    child_dir = os.path.dirname(os.path.abspath(child_path))
+    parent_abs = os.path.abspath(parent_path)
+    rel = os.path.relpath(parent_abs, child_dir)
+    if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return parent_abs
+    return rel

@@ -12,6 +12,8 @@ SEEK_HOLE), so copies and maps skip them without reading.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import os
 
 from ..blockmap import fill_zero
@@ -120,7 +122,8 @@ class RawImage(SingleFileImage):
 
     @classmethod
     def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD) -> RawImage:
+             disk_type: DiskType = DiskType.HDD,
+             config: Mapping[str, str] | None = None) -> RawImage:
         if disk_type == DiskType.INVALID:
             with io.open(path) as storage:
                 try:

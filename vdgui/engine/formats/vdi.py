@@ -9,6 +9,8 @@ the block map and the data each aligned to 1 MiB.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import uuid as uuidlib
 
 import numpy as np
@@ -130,7 +132,8 @@ class VdiImage(SingleFileImage):
 
     @classmethod
     def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD) -> VdiImage:
+             disk_type: DiskType = DiskType.HDD,
+             config: Mapping[str, str] | None = None) -> VdiImage:
         if disk_type not in (DiskType.INVALID, DiskType.HDD):
             raise InvalidType("VDI images are hard disks", path)
         image = cls(io, path, flags)
