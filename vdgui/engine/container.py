@@ -264,6 +264,9 @@ class Disk:
             pchs.validate_pchs()
             lchs.validate_lchs()
             cls = registry.backend_class(backend)
+            if cls.info.has(Capability.CREATE_FIXED) and not cls.info.has(
+                    Capability.CREATE_DYNAMIC):
+                image_flags |= ImageFlags.FIXED  # RAW: every image is fixed
             self._check_create_flags(cls, image_flags, path)
             if not cls.info.capabilities & (Capability.CREATE_FIXED | Capability.CREATE_DYNAMIC):
                 raise InvalidParameter(f"the {cls.info.name} format cannot create base images",

@@ -67,14 +67,19 @@ def probe(path: str, disk_type: DiskType = DiskType.INVALID,
         # Let the file layer say precisely why (missing, a folder, no permission).
         io.open(path).close()
         raise FileNotFound("file not found", path)
+    expected = backend_for_extension(path)
+    reason = ""
     for cls in _BACKENDS:
         try:
             return cls.info.name, cls.probe(io, path, disk_type)
-        except InvalidHeader:
+        except InvalidHeader as exc:
+            if cls is expected:  # the format its name promises: say why it isn't
+                reason = f" (as a {cls.info.name} image: {exc.message})"
             continue
         except (FileNotFound, AccessDenied):
             raise
         except VDError:
             return cls.info.name, DiskType.HDD if disk_type == DiskType.INVALID else disk_type
-    raise NotSupported("the file is not a disk image in any format this program knows "
-                       "(if it is a raw disk image, name the format: -f raw)", path)
+    raise NotSupported(f"the file is not a disk image in any format this program "
+                       f"knows{reason}; if it is a raw disk image, name the format: -f raw",
+                       path)

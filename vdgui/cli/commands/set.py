@@ -1,0 +1,102 @@
+"""``vdimg set``: change an image's stored metadata (the ``VDSet*`` calls).
+
+IMAGE is opened alone (its parent need not be found: fixing a broken link is one
+use of this command).  ``--uuid`` with ``--child CHILD`` also rewrites each
+child's stored parent UUID; every child is checked to point at IMAGE's current
+UUID before anything is written, so a wrong child changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import uuid as uuidlib
+from typing import Any, Callable
+
+from vdgui.engine import Disk
+from vdgui.engine.errors import UuidMismatch
+
+from .. import args as types
+from ..args import Parents, UsageError
+from ..images import open_single
+from ..output import geometry_value, human_value, optional, uuid_value
+
+#: (option dest, record key, getter, setter) for each settable property of image 0.
+_PROPERTIES: tuple[tuple[str, Callable[[Disk], Any], Callable[[Disk, Any], None]], ...] = (
+    ("uuid", lambda d: uuid_value(d[0].uuid), lambda d, v: d.set_uuid(0, v)),
+    ("parent_uuid", lambda d: uuid_value(d[0].parent_uuid),
+     lambda d, v: d.set_parent_uuid(0, v)),
+    ("modification_uuid", lambda d: uuid_value(d[0].modification_uuid),
+     lambda d, v: d.set_modification_uuid(0, v)),
+    ("parent_modification_uuid", lambda d: uuid_value(d[0].parent_modification_uuid),
+     lambda d, v: d.set_parent_modification_uuid(0, v)),
+    ("comment", lambda d: d[0].comment, lambda d, v: d.set_comment(0, v)),
+    ("pchs", lambda d: geometry_value(d.pchs(0)), lambda d, v: d.set_pchs(0, v)),
+    ("lchs", lambda d: geometry_value(d.lchs(0)), lambda d, v: d.set_lchs(0, v)),
+)
+
+
+def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
+    parser = subparsers.add_parser(
+        "set", parents=[parents.image], help="change an image's UUIDs, comment or geometry",
+        description="Change metadata stored in IMAGE.  Changing the UUID of an image that "
+                    "has children breaks their link unless each is given with --child.")
+    parser.add_argument("--uuid", metavar="UUID|new", type=types.uuid_or_new)
+    parser.add_argument("--child", metavar="CHILD", action="append", default=[],
+                        help="with --uuid: also update this child's parent UUID; repeatable")
+    parser.add_argument("--parent-uuid", metavar="UUID", type=types.uuid)
+    parser.add_argument("--modification-uuid", metavar="UUID|new", type=types.uuid_or_new)
+    parser.add_argument("--parent-modification-uuid", metavar="UUID", type=types.uuid)
+    parser.add_argument("--comment", metavar="TEXT")
+    parser.add_argument("--pchs", metavar="C/H/S", type=types.pchs, help="physical geometry")
+    parser.add_argument("--lchs", metavar="C/H/S", type=types.lchs, help="logical geometry")
+    parser.add_argument("image", metavar="IMAGE")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    changes = [(name, get, put, getattr(args, name)) for name, get, put in _PROPERTIES
+               if getattr(args, name) is not None]
+    if not changes:
+        raise UsageError(f"nothing to change in {args.image}: give at least one of --uuid, "
+                         f"--parent-uuid, --modification-uuid, --parent-modification-uuid, "
+                         f"--comment, --pchs, --lchs")
+    if args.child and args.uuid is None:
+        raise UsageError("--child only makes sense with --uuid")
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(open_single(args.image, args.format, writable=True))
+        children = [stack.enter_context(_open_child(path, args.image)) for path in args.child]
+        old_uuid = disk[0].uuid if args.child else None
+        for path, child in zip(args.child, children):
+            _check_child(path, child, args.image, old_uuid)
+        # Read every field first: one the format lacks fails here, before any write.
+        # (An unset geometry cannot be told from an unsupported one; its setter says.)
+        before = [get(disk) if name not in ("pchs", "lchs") else optional(lambda: get(disk))
+                  for name, get, _, _ in changes]
+        lines = []
+        for (name, get, put, value), old in zip(changes, before):
+            put(disk, value)
+            lines.append(f"{args.image}: {name}: {human_value(old)} -> "
+                         f"{human_value(optional(lambda: get(disk)))}")
+        for path, child in zip(args.child, children):
+            child.set_parent_uuid(0, args.uuid)
+            lines.append(f"{path}: parent_uuid: {old_uuid} -> {args.uuid}")
+        for opened in (disk, *children):
+            opened.flush()
+    print("\n".join(lines))
+    return 0
+
+
+def _open_child(path: str, image: str) -> Disk:
+    if os.path.realpath(path) == os.path.realpath(image):
+        raise UsageError(f"{path} is IMAGE itself, not one of its children")
+    return open_single(path, None, writable=True)
+
+
+def _check_child(path: str, child: Disk, image: str, old_uuid: uuidlib.UUID) -> None:
+    parent = optional(lambda: child[0].parent_uuid)
+    if parent != old_uuid:
+        what = f"has parent UUID {uuid_value(parent)}" if parent else "stores no parent UUID"
+        raise UuidMismatch(f"not a child of {image}: it {what}, but {image} has UUID "
+                           f"{old_uuid}; nothing was changed", path)

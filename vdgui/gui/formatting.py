@@ -1,0 +1,98 @@
+"""Words and numbers for people: sizes, variants, flags (one style everywhere)."""
+
+from __future__ import annotations
+
+import enum
+
+import humanize
+
+from ..library import ImageInfo
+
+#: Binary units, largest first, for exact size texts ("1.5 GiB").
+_UNITS = (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+          ("KiB", 1 << 10))
+
+_VARIANT_WORDS = {
+    "standard": "dynamically allocated",
+    "fixed": "fixed size",
+    "split2g": "split into files of less than 2 GB",
+    "stream": "stream-optimized",
+    "esx": "ESX",
+    "zero-expand": "zero-expanded",
+    "rawdisk": "raw disk access",
+}
+
+
+def human_size(n: int) -> str:
+    """``64 MiB``, ``1.5 GiB``, ``512 bytes``: short, binary units."""
+    text = humanize.naturalsize(n, binary=True, format="%.1f")
+    return text.replace(".0 ", " ")
+
+
+def exact_bytes(n: int) -> str:
+    return f"{humanize.intcomma(n)} bytes"
+
+
+def size_tooltip(n: int, what: str = "") -> str:
+    """``Virtual size: 64 MiB (67,108,864 bytes)``."""
+    prefix = f"{what}: " if what else ""
+    return f"{prefix}{human_size(n)} ({exact_bytes(n)})"
+
+
+def exact_size(n: int) -> str:
+    """A size text that parses back to exactly ``n`` (``1.125 GiB``, ``4097``)."""
+    for unit, scale in _UNITS:
+        if n >= scale and (n * 1000) % scale == 0:
+            value = f"{n / scale:.3f}".rstrip("0").rstrip(".")
+            return f"{value} {unit}"
+    return str(n)
+
+
+def variant_words(names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(_VARIANT_WORDS.get(name, name) for name in names)
+
+
+def variant_text(info: ImageInfo) -> str:
+    """``Dynamically allocated, differencing``: what the Variant column shows."""
+    text = variant_words(info.variant)
+    if info.is_diff:
+        text += ", differencing"
+    return text[:1].upper() + text[1:]
+
+
+def storage_text(info: ImageInfo) -> str:
+    """The sentence VirtualBox's details pane shows ("Dynamically allocated storage")."""
+    return f"{variant_text(info)} storage"
+
+
+def type_text(info: ImageInfo) -> str:
+    kind = "Differencing image" if info.is_diff else "Base image"
+    return f"{kind} ({info.disk_type.name.lower().replace('hdd', 'hard disk')})"
+
+
+def flag_names(value: enum.IntFlag) -> list[str]:
+    """The names of the set members of an IntFlag (unknown bits as hex)."""
+    names = []
+    rest = int(value)
+    for member in type(value):
+        bit = int(member)
+        if bit and bit & (bit - 1) == 0 and rest & bit:
+            names.append(member.name or hex(bit))
+            rest &= ~bit
+    if rest:
+        names.append(f"{rest:#x}")
+    return names
+
+
+def flags_text(value: enum.IntFlag, none: str = "none") -> str:
+    """``READONLY | INFO (0x9)``."""
+    names = flag_names(value)
+    return f"{' | '.join(names) if names else none} ({int(value):#x})"
+
+
+def version_text(info: ImageInfo) -> str:
+    """Format versions; VDI-style 0xMMMMmmmm values also as major.minor."""
+    v = info.version
+    if v > 0xFFFF:
+        return f"{v >> 16}.{v & 0xFFFF} ({v:#010x})"
+    return str(v)

@@ -1,0 +1,1 @@
+"""Top-level windows and the larger composite views they hold."""

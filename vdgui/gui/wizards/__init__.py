@@ -1,0 +1,1 @@
+"""Wizards collecting the parameters of an operation; nothing runs before Finish."""

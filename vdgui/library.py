@@ -1,0 +1,367 @@
+"""The media library: the disk images a person has opened, grouped into chains.
+
+This is vdgui's answer to VirtualBox's media registry, without its pitfalls: the
+library stores only *which files* were opened (a JSON list of paths); everything
+else -- formats, sizes, UUIDs, how the images chain together -- is read from the
+files themselves by :func:`scan`, with read-only ``INFO`` opens that never change a
+byte.  A file that has gone missing or is damaged stays in the library and is
+reported as inaccessible, with the reason.
+
+Qt-free: the desktop application and the ``vdimg`` command line share it.
+
+Where things live: the library file is ``library.json`` in the user data directory
+(``platformdirs.user_data_dir("vdgui")``).  Setting ``VDGUI_HOME`` moves the data,
+configuration and log directories under that one folder (tests and the smoke test
+use it so they never touch the real home directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import platformdirs
+
+from .engine import (Capability, Disk, DiskType, Geometry, ImageFlags, OpenFlags, VDError,
+                     backend_info, discover_chain)
+from .engine.errors import GeometryNotSet, NotSupported
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that relocates every per-user directory (data, config, log).
+ENV_HOME = "VDGUI_HOME"
+
+APP_NAME = "vdgui"
+LIBRARY_FILE = "library.json"
+FORMAT_VERSION = 1
+
+#: How the library opens images for browsing: never writes, skips linkage checks.
+BROWSE_FLAGS = OpenFlags.READONLY | OpenFlags.INFO
+
+
+def app_dir(kind: Literal["data", "config", "log"]) -> Path:
+    """The per-user directory of ``kind`` (not created)."""
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return Path(home) / kind
+    finder = {"data": platformdirs.user_data_dir, "config": platformdirs.user_config_dir,
+              "log": platformdirs.user_log_dir}[kind]
+    return Path(finder(APP_NAME, appauthor=False))
+
+
+def default_library_path() -> Path:
+    return app_dir("data") / LIBRARY_FILE
+
+
+def path_key(path: str | os.PathLike[str]) -> str:
+    """The identity of a file in the library: its absolute, symlink-free path."""
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+# -- what browsing learns about one image -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The properties of one image, read with a read-only ``INFO`` open.
+
+    Values a format does not store are None (a VDI has no physical geometry, a raw
+    image no UUID).
+    """
+
+    backend: str
+    description: str
+    capabilities: Capability
+    disk_type: DiskType
+    size: int
+    file_size: int
+    allocated_size: int
+    version: int
+    image_flags: ImageFlags
+    open_flags: OpenFlags
+    variant: tuple[str, ...]
+    uuid: uuidlib.UUID | None
+    parent_uuid: uuidlib.UUID | None
+    modification_uuid: uuidlib.UUID | None
+    parent_modification_uuid: uuidlib.UUID | None
+    comment: str | None
+    pchs: Geometry | None
+    lchs: Geometry | None
+    parent_filename: str | None
+    files: tuple[str, ...] = ()
+
+    @property
+    def is_diff(self) -> bool:
+        return bool(self.image_flags & ImageFlags.DIFF)
+
+    @property
+    def stores_uuids(self) -> bool:
+        return self.uuid is not None
+
+
+def _optional(read: Callable[[], object]) -> object | None:
+    """A property the format may not store: None instead of the engine's error."""
+    try:
+        return read()
+    except (NotSupported, GeometryNotSet):
+        return None
+
+
+def inspect(path: str, backend: str | None = None) -> ImageInfo:
+    """Open ``path`` alone, read-only, and read its properties.
+
+    Raises :class:`~vdgui.engine.VDError` when the file is missing, unreadable,
+    damaged or not a disk image.
+    """
+    with Disk() as disk:
+        disk.open(path, backend, BROWSE_FLAGS)
+        view = disk[0]
+        info = backend_info(view.backend)
+        return ImageInfo(
+            backend=view.backend, description=info.description,
+            capabilities=info.capabilities, disk_type=view.disk_type, size=view.size,
+            file_size=view.file_size, allocated_size=view.allocated_size,
+            version=view.version, image_flags=view.image_flags, open_flags=view.open_flags,
+            variant=tuple(view.variant),
+            uuid=_optional(lambda: view.uuid),  # type: ignore[arg-type]
+            parent_uuid=_optional(lambda: view.parent_uuid),  # type: ignore[arg-type]
+            modification_uuid=_optional(lambda: view.modification_uuid),  # type: ignore[arg-type]
+            parent_modification_uuid=_optional(
+                lambda: view.parent_modification_uuid),  # type: ignore[arg-type]
+            comment=_optional(lambda: view.comment),  # type: ignore[arg-type]
+            pchs=_optional(lambda: view.pchs),  # type: ignore[arg-type]
+            lchs=_optional(lambda: view.lchs),  # type: ignore[arg-type]
+            parent_filename=view.parent_filename,
+            files=tuple(disk.image(0).files),
+        )
+
+
+# -- the tree of chains ---------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Node:
+    """One image in the library tree: a base has its differencing images as children."""
+
+    path: str
+    info: ImageInfo | None = None
+    #: Why the image (or the link to its parent) is unusable; None when all is well.
+    error: VDError | None = None
+    parent: Node | None = field(default=None, repr=False)
+    children: list[Node] = field(default_factory=list, repr=False)
+    #: True for the images the person opened (the library's entries).
+    in_library: bool = False
+
+    @property
+    def key(self) -> str:
+        return path_key(self.path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def accessible(self) -> bool:
+        """True when the image itself could be read (its parent may still be missing)."""
+        return self.info is not None
+
+    @property
+    def ok(self) -> bool:
+        return self.info is not None and self.error is None
+
+    @property
+    def row(self) -> int:
+        """Position among its siblings (the tree model's row)."""
+        return self.parent.children.index(self) if self.parent else -1
+
+    def ancestors(self) -> list[Node]:
+        """The chain below this image, base first (without the image itself)."""
+        out = []
+        node = self.parent
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out[::-1]
+
+    def descendants(self) -> list[Node]:
+        out = []
+        for child in self.children:
+            out.append(child)
+            out.extend(child.descendants())
+        return out
+
+
+@dataclass
+class LibraryTree:
+    """The result of :func:`scan`: every image of every chain, as a forest."""
+
+    roots: list[Node] = field(default_factory=list)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    #: Library entry (key) -> keys of the images of its chain, base first.
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+    def find(self, path: str | os.PathLike[str]) -> Node | None:
+        return self.nodes.get(path_key(path))
+
+    def entries_through(self, node: Node) -> list[str]:
+        """Library entries whose chain contains ``node`` (what removing it removes)."""
+        return [entry for entry, chain in self.chains.items() if node.key in chain]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+def scan(entries: Iterable[str], search_paths: Sequence[str] = ()) -> LibraryTree:
+    """Discover the chain of every entry and read every image's properties.
+
+    Read-only; never raises for a bad file: the failure is recorded on its node.
+    Slow for long chains or many files, so the GUI runs it on a worker thread.
+    """
+    tree = LibraryTree()
+
+    def node_for(path: str, backend: str | None = None) -> Node:
+        key = path_key(path)
+        node = tree.nodes.get(key)
+        if node is None:
+            node = tree.nodes[key] = Node(os.path.abspath(path))
+            try:
+                node.info = inspect(path, backend)
+            except VDError as exc:
+                node.error = exc
+        return node
+
+    for entry in entries:
+        try:
+            links = discover_chain(entry, search_paths)
+        except VDError as exc:
+            # Shown on its own; a readable image keeps its properties, the error
+            # says what is wrong with it or with the link to its parent.
+            node = node_for(entry)
+            node.error = node.error or exc
+            node.in_library = True
+            tree.chains[node.key] = [node.key]
+            continue
+        previous: Node | None = None
+        for link in links:
+            node = node_for(link.path, link.backend)
+            if previous is not None and node.parent is None and node is not previous:
+                node.parent = previous
+                previous.children.append(node)
+            previous = node
+        assert previous is not None  # discover_chain returns at least the image itself
+        previous.in_library = True
+        tree.chains[previous.key] = [path_key(link.path) for link in links]
+
+    tree.roots = sorted((n for n in tree.nodes.values() if n.parent is None),
+                        key=lambda n: (n.name.lower(), n.path))
+    for node in tree.nodes.values():
+        node.children.sort(key=lambda n: (n.name.lower(), n.path))
+    return tree
+
+
+# -- the persisted list ---------------------------------------------------------------
+
+
+class Library:
+    """The list of opened images, persisted as JSON.
+
+    ``path`` None uses :func:`default_library_path`.  Changes are written at once
+    (atomically, through a temporary file) so that a crash loses nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_library_path()
+        self._entries: list[str] = []
+        self.load()
+
+    @property
+    def entries(self) -> list[str]:
+        """The opened images (absolute paths), in the order they were added."""
+        return list(self._entries)
+
+    def __contains__(self, path: object) -> bool:
+        if not isinstance(path, (str, os.PathLike)):
+            return False
+        key = path_key(path)
+        return any(path_key(p) == key for p in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self) -> None:
+        """Read the library file; a missing file is an empty library.
+
+        An unreadable file is moved aside (``library.json.bad``) rather than
+        overwritten, so nothing the person had is lost.
+        """
+        self._entries = []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read the library %s: %s", self.path, exc)
+            return
+        try:
+            data = json.loads(text)
+            images = data["images"]
+            if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+                raise ValueError("'images' is not a list of paths")
+        except (ValueError, KeyError, TypeError) as exc:
+            bad = self.path.with_name(self.path.name + ".bad")
+            log.warning("the library %s is damaged (%s); moved aside to %s",
+                        self.path, exc, bad)
+            try:
+                os.replace(self.path, bad)
+            except OSError:
+                pass
+            return
+        self._entries = list(dict.fromkeys(os.path.abspath(p) for p in images))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format": FORMAT_VERSION, "images": self._entries}
+        fd, tmp = tempfile.mkstemp(prefix=".library-", suffix=".json", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=2)
+                out.write("\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def add(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+        """Add images (saved at once); returns the ones that were not there yet."""
+        known = {path_key(p) for p in self._entries}
+        added = []
+        for path in paths:
+            key = path_key(path)
+            if key not in known:
+                known.add(key)
+                added.append(os.path.abspath(os.fspath(path)))
+        if added:
+            self._entries.extend(added)
+            self.save()
+        return added
+
+    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+        """Remove images from the list (never their files); returns those removed."""
+        keys = {path_key(p) for p in paths}
+        removed = [p for p in self._entries if path_key(p) in keys]
+        if removed:
+            self._entries = [p for p in self._entries if path_key(p) not in keys]
+            self.save()
+        return removed
+
+    def scan(self, search_paths: Sequence[str] = ()) -> LibraryTree:
+        return scan(self.entries, search_paths)
