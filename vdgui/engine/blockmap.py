@@ -49,14 +49,41 @@ def zeros(length: int) -> bytes:
     return block
 
 
+def _unit_matrix(data: bytes | bytearray | memoryview, unit: int) -> np.ndarray:
+    """``data`` (whole units) as a 2-D array, one row per unit, in the widest word."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    count = len(raw) // unit
+    word = np.uint64 if unit % 8 == 0 else np.uint8
+    return raw[:count * unit].view(word).reshape(count, -1)
+
+
+def zero_units(data: bytes | bytearray | memoryview, unit: int) -> np.ndarray:
+    """Boolean per whole unit of ``data``: True where every byte is zero."""
+    return ~_unit_matrix(data, unit).any(axis=1)
+
+
+def changed_units(new: bytes | bytearray | memoryview, old: bytes | bytearray | memoryview,
+                  unit: int) -> np.ndarray:
+    """Boolean per whole unit: True where ``new`` differs from ``old``."""
+    return (_unit_matrix(new, unit) != _unit_matrix(old, unit)).any(axis=1)
+
+
 def is_zero(data: bytes | bytearray | memoryview) -> bool:
-    """True when every byte is zero (a memcmp against a preallocated zero block)."""
-    if isinstance(data, memoryview):
-        # A memoryview compares element by element (slow): compare its bytes.
-        data = data.tobytes()
-    if len(data) > 16 << 20:
-        return not np.frombuffer(data, dtype=np.uint8).any()
-    return data == zeros(len(data))
+    """True when every byte is zero."""
+    if isinstance(data, memoryview) and len(data) >= 64 and data[:64].tobytes() != zeros(64):
+        return False  # the common case for real data, decided without a copy
+    return not np.frombuffer(data, dtype=np.uint8).any()
+
+
+def runs_of(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+    """``(first index, count, value)`` for each run of equal values in a boolean array."""
+    if not len(flags):
+        return
+    bounds = np.flatnonzero(flags[1:] != flags[:-1]) + 1
+    starts = [0, *bounds.tolist()]
+    ends = [*bounds.tolist(), len(flags)]
+    for start, end in zip(starts, ends):
+        yield start, end - start, bool(flags[start])
 
 
 def fill_zero(buf: memoryview, start: int, end: int) -> None:
@@ -84,14 +111,7 @@ def unit_runs(data: memoryview, unit: int, detect_zero: bool) -> Iterator[tuple[
         if count:
             yield 0, count, False
         return
-    flags = [is_zero(data[i * unit:(i + 1) * unit]) for i in range(count)]
-    i = 0
-    while i < count:
-        j = i + 1
-        while j < count and flags[j] == flags[i]:
-            j += 1
-        yield i, j - i, flags[i]
-        i = j
+    yield from runs_of(zero_units(data, unit))
 
 
 class BlockMap:

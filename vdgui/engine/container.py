@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 from . import registry
-from .blockmap import fill_zero
+from .blockmap import changed_units, fill_zero, runs_of, zero_units
 from .errors import (AccessDenied, GeometryNotSet, ImageInUse, ImageNotFound,
                      InvalidParameter,
                      InvalidSize, InvalidState, InvalidType, NotOpened, NotSupported,
@@ -525,41 +525,34 @@ class Disk:
                 continue
             unit = image.allocation_unit
             start = align_down(pos, unit)
-            stop = pos + run
-            limit = start + max(unit, align_down(MAX_ALLOCATION_BATCH, unit))
-            stop = min(stop, limit)
+            stop = min(pos + run, start + max(unit, align_down(MAX_ALLOCATION_BATCH, unit)))
             unit_end = align_up(stop, unit)
-            block = bytearray(unit_end - start)
-            view = memoryview(block)
             filled = min(unit_end, image.size) - start
-            covers_whole = pos == start and stop >= start + filled
-            if status is Status.FREE and top > 0 and (not covers_whole or not slot.honor_same):
-                bottom = 0 if same_below is None else same_below
-                self._read_chain(start, view[:filled], top - 1, bottom)
-            old = None if slot.honor_same else bytes(block)
-            view[pos - start:stop - start] = data[pos - offset:stop - offset]
-            if old is None:
-                image.write_blocks(start, view)
+            old_is_zero = status is Status.ZERO or top == 0
+            if pos == start and stop == start + filled == unit_end and (
+                    old_is_zero or slot.honor_same):
+                # Whole units replaced and nothing below to compare with: no copy.
+                new: memoryview | bytearray = data[pos - offset:stop - offset]
+                old: bytes | None = None
             else:
-                self._write_changed_units(image, start, view, old, unit)
+                block = bytearray(unit_end - start)
+                if status is Status.FREE and top > 0:
+                    self._read_chain(start, memoryview(block)[:filled], top - 1,
+                                     0 if same_below is None else same_below)
+                old = None if old_is_zero else bytes(block)
+                block[pos - start:stop - start] = data[pos - offset:stop - offset]
+                new = block
+            if slot.honor_same:
+                image.write_blocks(start, memoryview(new))
+            else:
+                changed = (~zero_units(new, unit) if old is None
+                           else changed_units(new, old, unit))
+                view = memoryview(new)
+                for first, count, value in runs_of(changed):
+                    if value:
+                        image.write_blocks(start + first * unit,
+                                           view[first * unit:(first + count) * unit])
             pos = stop
-
-    @staticmethod
-    def _write_changed_units(image: Image, start: int, new: memoryview, old: bytes,
-                             unit: int) -> None:
-        """Hand only the units whose content changes to the backend."""
-        raw = new.tobytes()  # bytes compare with memcmp; memoryviews element by element
-        changed = [raw[i:i + unit] != old[i:i + unit] for i in range(0, len(raw), unit)]
-        i = 0
-        while i < len(changed):
-            if not changed[i]:
-                i += 1
-                continue
-            j = i + 1
-            while j < len(changed) and changed[j]:
-                j += 1
-            image.write_blocks(start + i * unit, new[i * unit:j * unit])
-            i = j
 
     def _mark_modified(self) -> None:
         """Modification tracking (VD section 12): new UUID on the first write."""
