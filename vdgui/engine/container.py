@@ -76,7 +76,8 @@ class Disk:
         self.disk_type = disk_type
         self.io = io or default_provider()
         self._slots: list[_Slot] = []
-        self._lock = threading.RLock()
+        #: Held by every call; operations hold it across their steps.
+        self.lock = threading.RLock()
         self._size = 0
         self._pchs = Geometry()
         self._lchs = Geometry()
@@ -165,7 +166,7 @@ class Disk:
         path = os.fspath(path)
         flags = OpenFlags(flags)
         _check_open_flags(flags)
-        with self._lock:
+        with self.lock:
             if backend is None:
                 backend, _ = registry.probe(path, self.disk_type, self.io)
             cls = registry.backend_class(backend)
@@ -252,7 +253,7 @@ class Disk:
         image_flags = ImageFlags(image_flags)
         pchs = pchs or Geometry()
         lchs = lchs or Geometry()
-        with self._lock:
+        with self.lock:
             if self._slots:
                 raise InvalidState("the container already holds images; a base image can "
                                    "only be created in an empty one", path)
@@ -296,7 +297,7 @@ class Disk:
         format where it supports differencing images.
         """
         path = os.fspath(path)
-        with self._lock:
+        with self.lock:
             top = self._top() if self._slots else None
             if top is None:
                 raise InvalidState("a differencing image needs a parent: open or create "
@@ -376,7 +377,7 @@ class Disk:
 
     def close(self, delete: bool = False) -> None:
         """``VDClose``: close the top image (and delete its files when asked)."""
-        with self._lock:
+        with self.lock:
             slot = self._top()
             self._slots.pop()
             was_writable = not slot.image.read_only
@@ -397,7 +398,7 @@ class Disk:
 
         Closing continues after a failure; the first error is raised at the end.
         """
-        with self._lock:
+        with self.lock:
             first_error: BaseException | None = None
             while self._slots:
                 slot = self._slots.pop()
@@ -431,15 +432,18 @@ class Disk:
     def read_into(self, offset: int, buf: memoryview | bytearray) -> None:
         """``VDRead`` into a caller's buffer."""
         view = memoryview(buf).cast("B")
-        with self._lock:
+        with self.lock:
             self._check_range(offset, len(view), "a read")
-            self._read_chain(offset, view, len(self._slots) - 1)
+            self.read_chain(offset, view, len(self._slots) - 1)
 
-    def _read_chain(self, offset: int, buf: memoryview, top: int, bottom: int = 0) -> None:
-        """Read through images ``top`` down to ``bottom``; below them, zeros."""
+    def read_chain(self, offset: int, buf: memoryview, top: int, bottom: int = 0) -> None:
+        """Read through images ``top`` down to ``bottom``; below them, zeros.
+
+        For operations inside the engine (merge, copy): no locking, no range check.
+        """
         pos, end = offset, offset + len(buf)
         while pos < end:
-            depth, status, length = self._resolve(pos, end - pos, top, bottom)
+            depth, status, length = self.resolve(pos, end - pos, top, bottom)
             at = pos - offset
             if status is Status.DATA:
                 self._slots[depth].image.read_into(pos, buf[at:at + length])
@@ -447,12 +451,13 @@ class Disk:
                 fill_zero(buf, at, at + length)
             pos += length
 
-    def _resolve(self, offset: int, length: int, top: int,
+    def resolve(self, offset: int, length: int, top: int,
                  bottom: int = 0) -> tuple[int, Status, int]:
         """Which image (``top`` .. ``bottom``) answers for ``offset``, and for how long.
 
         Returns ``(depth, status, length)``; depth -1 and FREE where none does.  A
-        lower image is asked only about the run the image above left free.
+        lower image is asked only about the run the image above left free.  For
+        operations inside the engine: no locking, no range check.
         """
         for depth in range(top, bottom - 1, -1):
             image = self._slots[depth].image
@@ -466,9 +471,9 @@ class Disk:
 
     def block_status(self, offset: int, length: int) -> tuple[int | None, Status, int]:
         """Which image of the chain holds ``offset``: ``(depth or None, status, run)``."""
-        with self._lock:
+        with self.lock:
             self._check_range(offset, length, "a query")
-            depth, status, run = self._resolve(offset, length, len(self._slots) - 1)
+            depth, status, run = self.resolve(offset, length, len(self._slots) - 1)
             return (depth if depth >= 0 else None), status, run
 
     def map(self, offset: int = 0, length: int | None = None) -> Iterator[MapExtent]:
@@ -493,10 +498,15 @@ class Disk:
 
     # -- writing -------------------------------------------------------------------
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """``VDWrite``: write ``data`` at ``offset`` into the top image."""
+    def write(self, offset: int, data: bytes | bytearray | memoryview, *,
+              track_modification: bool = True) -> None:
+        """``VDWrite``: write ``data`` at ``offset`` into the top image.
+
+        ``track_modification`` False is for internal copies (``VDCopy``), which must
+        not renew the modification UUID.
+        """
         view = memoryview(data).cast("B")
-        with self._lock:
+        with self.lock:
             self._check_range(offset, len(view), "a write")
             slot = self._slots[-1]
             if slot.image.read_only:
@@ -504,15 +514,12 @@ class Disk:
                 raise ReadOnly(f"the image is opened read-only{why}", slot.image.path)
             if not view:
                 return
-            self._mark_modified()
+            if track_modification:
+                self._mark_modified()
             self._write_top(offset, view)
 
-    def _write_top(self, offset: int, data: memoryview, same_below: int | None = None) -> None:
-        """The write path into the top image.
-
-        ``same_below`` limits how far down the chain the same-data comparison reads
-        (used by operations that know the lower images' content).
-        """
+    def _write_top(self, offset: int, data: memoryview) -> None:
+        """The write path into the top image."""
         slot = self._slots[-1]
         image = slot.image
         top = len(self._slots) - 1
@@ -537,8 +544,7 @@ class Disk:
             else:
                 block = bytearray(unit_end - start)
                 if status is Status.FREE and top > 0:
-                    self._read_chain(start, memoryview(block)[:filled], top - 1,
-                                     0 if same_below is None else same_below)
+                    self.read_chain(start, memoryview(block)[:filled], top - 1)
                 old = None if old_is_zero else bytes(block)
                 block[pos - start:stop - start] = data[pos - offset:stop - offset]
                 new = block
@@ -573,7 +579,7 @@ class Disk:
 
     def flush(self) -> None:
         """``VDFlush``: write the top image's metadata and make it durable."""
-        with self._lock:
+        with self.lock:
             slot = self._top()
             if slot.image.read_only:
                 return
@@ -584,26 +590,26 @@ class Disk:
 
     def set_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetUuid``: None generates a fresh random UUID."""
-        with self._lock:
+        with self.lock:
             self._slot(n).image.uuid = value or uuidlib.uuid4()
 
     def set_modification_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetModificationUuid``: None generates a fresh random UUID."""
-        with self._lock:
+        with self.lock:
             self._slot(n).image.modification_uuid = value or uuidlib.uuid4()
 
     def set_parent_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetParentUuid``.  None clears the link (VirtualBox invents a random one)."""
-        with self._lock:
+        with self.lock:
             self._slot(n).image.parent_uuid = value or NIL_UUID
 
     def set_parent_modification_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
-        with self._lock:
+        with self.lock:
             self._slot(n).image.parent_modification_uuid = value or NIL_UUID
 
     def set_comment(self, n: int, value: str | None) -> None:
         """``VDSetComment``: None clears the comment."""
-        with self._lock:
+        with self.lock:
             slot = self._slot(n)
             slot.image.check_writable()
             slot.image.comment = value or ""
@@ -611,7 +617,7 @@ class Disk:
     def set_pchs(self, n: int, geometry: Geometry) -> None:
         """``VDSetPCHSGeometry``."""
         geometry.validate_pchs()
-        with self._lock:
+        with self.lock:
             index = self._index(n)
             image = self._slots[index].image
             if _geometry_or_none(lambda: image.pchs) == geometry:
@@ -624,7 +630,7 @@ class Disk:
     def set_lchs(self, n: int, geometry: Geometry) -> None:
         """``VDSetLCHSGeometry``."""
         geometry.validate_lchs()
-        with self._lock:
+        with self.lock:
             index = self._index(n)
             image = self._slots[index].image
             if _geometry_or_none(lambda: image.lchs) == geometry:
@@ -636,7 +642,7 @@ class Disk:
 
     def pchs(self, n: int = LAST_IMAGE) -> Geometry:
         """``VDGetPCHSGeometry``: raises GeometryNotSet when none is stored."""
-        with self._lock:
+        with self.lock:
             index = self._index(n)
             if index == len(self._slots) - 1:
                 if not self._pchs.is_set:
@@ -647,7 +653,7 @@ class Disk:
 
     def lchs(self, n: int = LAST_IMAGE) -> Geometry:
         """``VDGetLCHSGeometry``: raises GeometryNotSet when none is stored."""
-        with self._lock:
+        with self.lock:
             index = self._index(n)
             if index == len(self._slots) - 1:
                 if not self._lchs.is_set:
@@ -665,7 +671,7 @@ class Disk:
         """``VDSetOpenFlags``."""
         flags = OpenFlags(flags)
         _check_open_flags(flags)
-        with self._lock:
+        with self.lock:
             index = self._index(n)
             slot = self._slots[index]
             was_read_only = slot.image.read_only
@@ -680,7 +686,7 @@ class Disk:
     def dump(self) -> str:
         """``VDDumpImages``: every image, base first, with its internal structures."""
         lines = []
-        with self._lock:
+        with self.lock:
             for depth, slot in enumerate(self._slots):
                 lines.append(f'Dumping VD image "{slot.image.path}" (Backend={slot.backend})')
                 for name, value in slot.image.describe():

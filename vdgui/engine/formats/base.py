@@ -192,6 +192,11 @@ class Image(abc.ABC):
         """Switch between read-only and read/write (``VDSetOpenFlags``)."""
         self.open_flags = flags
 
+    def rename(self, new_path: str) -> None:
+        """Move the image's files to ``new_path`` while it stays open."""
+        raise NotSupported(f"the {self.info.name} format cannot be moved by renaming",
+                           self.path)
+
     # -- what the image stores about itself ----------------------------------------
 
     @property
@@ -350,6 +355,11 @@ class SingleFileImage(Image):
                 self.flush()
             self.storage.reopen(want_writable, bool(flags & OpenFlags.SHAREABLE))
         self.open_flags = flags
+
+    def rename(self, new_path: str) -> None:
+        # The open descriptor stays valid across a rename on the same file system.
+        self.io.move(self.path, new_path)
+        self.path = self.storage.path = new_path
 
     def flush(self) -> None:
         if self.storage.writable:
