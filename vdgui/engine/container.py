@@ -10,6 +10,7 @@ dropped altogether when it would change nothing (unless HONOR_SAME).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -312,12 +313,9 @@ class Disk:
             if image_flags & ImageFlags.FIXED:
                 raise InvalidParameter("a differencing image cannot be fixed", path)
             self._check_create_flags(cls, image_flags, path)
-            parent = top.image
-            link = ParentLink(
-                uuid=parent_uuid if parent_uuid and parent_uuid != NIL_UUID
-                else _uuid_or_none(parent),
-                modification_uuid=_modification_uuid_or_none(parent),
-                path=parent.path, format=top.backend, timestamp=_mtime(parent.path))
+            link = self.parent_link(len(self._slots) - 1)
+            if parent_uuid and parent_uuid != NIL_UUID:
+                link = dataclasses.replace(link, uuid=parent_uuid)
             request = CreateRequest(
                 path=path, size=self._size, image_flags=image_flags | ImageFlags.DIFF,
                 uuid=uuid or uuidlib.uuid4(), comment=comment, pchs=self._pchs,
@@ -333,6 +331,37 @@ class Disk:
                 raise
             report(progress, 1, 1, "done")
             return len(self._slots) - 1
+
+    def parent_link(self, n: int) -> ParentLink:
+        """What a child of image ``n`` records about it as its parent."""
+        slot = self._slot(n)
+        image = slot.image
+        return ParentLink(uuid=_uuid_or_none(image),
+                          modification_uuid=_modification_uuid_or_none(image),
+                          path=image.path, format=slot.backend, timestamp=_mtime(image.path))
+
+    def remove_images(self, first: int, last: int, delete: bool) -> None:
+        """Close images ``first`` .. ``last`` (inclusive) from the middle of the chain.
+
+        For merges, once the remaining images are linked past them.  Files are
+        deleted when ``delete`` is true.  Errors are raised after every image was
+        handled.
+        """
+        with self.lock:
+            removed = self._slots[first:last + 1]
+            del self._slots[first:last + 1]
+            self._refresh_cache()
+            first_error: BaseException | None = None
+            for slot in removed:
+                try:
+                    slot.image.close()
+                    if delete:
+                        slot.image.delete_files()
+                except Exception as exc:
+                    log.error("removing %s failed: %s", slot.image.path, exc)
+                    first_error = first_error or exc
+            if first_error is not None:
+                raise first_error
 
     @staticmethod
     def _check_create_flags(cls: type[Image], flags: ImageFlags, path: str) -> None:
@@ -516,13 +545,20 @@ class Disk:
                 return
             if track_modification:
                 self._mark_modified()
-            self._write_top(offset, view)
+            top = len(self._slots) - 1
+            self.write_image(top, offset, view, top - 1)
 
-    def _write_top(self, offset: int, data: memoryview) -> None:
-        """The write path into the top image."""
-        slot = self._slots[-1]
+    def write_image(self, index: int, offset: int, data: memoryview, below: int) -> None:
+        """The write path into image ``index``, with images ``below`` .. 0 beneath it.
+
+        Where the image has no storage yet, the write is widened to whole units,
+        filled from the chain below and dropped unit by unit where it changes
+        nothing.  Merges pass a ``below`` other than ``index - 1`` (the chain that
+        remains after the merge).  For operations inside the engine: no locking, no
+        range or read-only check.
+        """
+        slot = self._slots[index]
         image = slot.image
-        top = len(self._slots) - 1
         pos, end = offset, offset + len(data)
         while pos < end:
             status, run = image.block_status(pos, end - pos)
@@ -535,7 +571,7 @@ class Disk:
             stop = min(pos + run, start + max(unit, align_down(MAX_ALLOCATION_BATCH, unit)))
             unit_end = align_up(stop, unit)
             filled = min(unit_end, image.size) - start
-            old_is_zero = status is Status.ZERO or top == 0
+            old_is_zero = status is Status.ZERO or below < 0
             if pos == start and stop == start + filled == unit_end and (
                     old_is_zero or slot.honor_same):
                 # Whole units replaced and nothing below to compare with: no copy.
@@ -543,8 +579,8 @@ class Disk:
                 old: bytes | None = None
             else:
                 block = bytearray(unit_end - start)
-                if status is Status.FREE and top > 0:
-                    self.read_chain(start, memoryview(block)[:filled], top - 1)
+                if status is Status.FREE and below >= 0:
+                    self.read_chain(start, memoryview(block)[:filled], below)
                 old = None if old_is_zero else bytes(block)
                 block[pos - start:stop - start] = data[pos - offset:stop - offset]
                 new = block

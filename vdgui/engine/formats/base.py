@@ -192,6 +192,25 @@ class Image(abc.ABC):
         """Switch between read-only and read/write (``VDSetOpenFlags``)."""
         self.open_flags = flags
 
+    def set_parent(self, link: ParentLink | None) -> None:
+        """Point the image at a new parent (merge, rebase); None makes it a base.
+
+        Updates the parent UUIDs and, where the format stores them, the parent's
+        path, format and time stamp.  This default suits formats that store only
+        UUIDs; formats that store a parent path override it.
+        """
+        self.check_writable()
+        if self.parent_filename is not None:
+            raise NotSupported(f"changing the parent of a {self.info.name} image is not "
+                               f"supported yet", self.path)
+        for name, value in (("parent_uuid", link.uuid if link else None),
+                            ("parent_modification_uuid",
+                             link.modification_uuid if link else None)):
+            try:
+                setattr(self, name, value or uuidlib.UUID(int=0))
+            except NotSupported:
+                pass
+
     def rename(self, new_path: str) -> None:
         """Move the image's files to ``new_path`` while it stays open."""
         raise NotSupported(f"the {self.info.name} format cannot be moved by renaming",

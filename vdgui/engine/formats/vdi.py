@@ -25,7 +25,8 @@ from ..progress import report
 from ..sizes import align_up
 from ..types import (NIL_UUID, SECTOR, Capability, ConfigKey, ConfigKeyFlags,
                      ConfigValueType, DiskType, Geometry, ImageFlags, OpenFlags, Status)
-from .base import BackendInfo, CreateRequest, SingleFileImage, config_int, validate_config
+from .base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
+                   validate_config)
 
 SIGNATURE = 0xBEDA107F
 VERSION_1_1 = 0x00010001
@@ -390,6 +391,17 @@ class VdiImage(SingleFileImage):
         if self._version == VERSION_0:
             raise self._unsupported("a parent modification UUID in version 0 headers")
         self._set_field("_parent_mod_uuid", value)
+
+    def set_parent(self, link: ParentLink | None) -> None:
+        self.check_writable()
+        # The image type says base or differencing; it must follow the link.
+        self._type = (TYPE_DIFF if link else
+                      TYPE_NORMAL if self._type in (TYPE_DIFF, TYPE_UNDO) else self._type)
+        self._parent_uuid = (link.uuid if link and link.uuid else NIL_UUID)
+        if self._version != VERSION_0:
+            self._parent_mod_uuid = (link.modification_uuid
+                                     if link and link.modification_uuid else NIL_UUID)
+        self._write_header()
 
     @property
     def comment(self) -> str:
