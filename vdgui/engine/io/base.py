@@ -1,9 +1,21 @@
-"""The storage protocol every backend reads and writes through."""
+"""The storage protocol every backend reads and writes through.
+
+A :class:`Storage` is one open file.  Subclasses provide the raw operations
+(``_readinto``, ``_write``, ``_size``, ``_set_size``); this base adds what every
+file gets for free: exact reads with clear errors, and crash-safe transactions
+(:meth:`Storage.transaction`, journalled beside the file, see :mod:`.journal`).
+"""
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
 from typing import Iterator
+
+from . import journal
+
+log = logging.getLogger(__name__)
 
 
 class Storage(abc.ABC):
@@ -11,10 +23,72 @@ class Storage(abc.ABC):
 
     path: str
     writable: bool
+    #: The provider that opened this file (it stores the journal beside it).
+    provider: "StorageProvider"
+    #: Writes collected by an open transaction.
+    _txn: list[journal.Record] | None = None
+    #: A complete journal found by a read-only open: shown, never applied.
+    _pending: list[journal.Record] | None = None
+
+    # -- raw operations, provided by subclasses ------------------------------------
 
     @abc.abstractmethod
+    def _readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from the file; returns the bytes read (short at end of file)."""
+
+    @abc.abstractmethod
+    def _write(self, offset: int, data: memoryview) -> None:
+        """Write all of ``data`` to the file."""
+
+    @abc.abstractmethod
+    def _size(self) -> int:
+        """The file's length."""
+
+    @abc.abstractmethod
+    def _set_size(self, size: int) -> None:
+        """Truncate or extend the file."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+
+    @abc.abstractmethod
+    def reopen(self, writable: bool, shareable: bool = False) -> None:
+        """Switch between read-only and read/write in place (locks follow).
+
+        On failure the storage stays open as it was.  Subclasses call
+        :meth:`recover` after becoming writable.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file and its locks."""
+
+    # -- the public interface --------------------------------------------------------
+
+    def _records(self) -> list[journal.Record] | None:
+        return self._txn or self._pending
+
     def read_at(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the file."""
+        buf = bytearray(length)
+        n = self.readinto_at(offset, memoryview(buf))
+        return bytes(buf) if n == length else bytes(buf[:n])
+
+    def readinto_at(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; returns the bytes read (short at end of file)."""
+        got = self._readinto(offset, buf)
+        records = self._records()
+        if not records:
+            return got
+        # Show the file as it is once the collected or pending writes are applied.
+        available = max(0, min(len(buf), self.size() - offset))
+        if got < available:
+            buf[got:available] = bytes(available - got)
+        patched = bytearray(buf[:available])
+        journal.overlay(records, offset, patched, self._size())
+        buf[:available] = patched
+        return available
 
     def read_exact(self, offset: int, length: int, what: str = "data") -> bytes:
         """Exactly ``length`` bytes, or :class:`Corrupted` naming what was cut short."""
@@ -25,39 +99,53 @@ class Storage(abc.ABC):
                             f"({length} bytes) lies beyond its end", self.path)
         return data
 
-    @abc.abstractmethod
-    def readinto_at(self, offset: int, buf: memoryview) -> int:
-        """Fill ``buf`` from ``offset``; returns the bytes read (short at end of file)."""
+    def _check_writable(self) -> None:
+        if not self.writable:
+            from ..errors import ReadOnly
+            raise ReadOnly("the file is opened read-only", self.path)
 
-    @abc.abstractmethod
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at ``offset``, extending the file if needed."""
+        self._check_writable()
+        view = memoryview(data).cast("B")
+        if self._txn is not None:
+            self._txn.append(journal.Record(journal.WRITE, offset, view.tobytes()))
+        else:
+            self._write(offset, view)
 
-    @abc.abstractmethod
     def size(self) -> int:
         """Current length of the file in bytes."""
+        size = self._size()
+        records = self._records()
+        return journal.final_size(records, size) if records else size
 
-    @abc.abstractmethod
     def set_size(self, size: int) -> None:
         """Truncate or extend (sparsely) to ``size`` bytes."""
-
-    @abc.abstractmethod
-    def flush(self) -> None:
-        """Make everything written so far durable."""
+        self._check_writable()
+        if self._txn is not None:
+            self._txn.append(journal.Record(journal.SET_SIZE, size))
+        else:
+            self._set_size(size)
 
     def allocated_size(self) -> int:
         """Bytes the file really occupies on the host (sparse files use less)."""
         return self.size()
 
     def punch_hole(self, offset: int, length: int) -> None:
-        """Hint: the range will read as zeros and need not occupy space."""
-        self.write_at(offset, bytes(length))
+        """Hint: the range will read as zeros and need not occupy space.
+
+        Applied at once, even inside a transaction (it is a space hint, not content
+        a crash could tear).
+        """
+        self._check_writable()
+        self._write(offset, memoryview(bytes(length)))
 
     def allocate(self, offset: int, length: int) -> None:
         """Hint: reserve real space for the range (extending the file if needed)."""
+        self._check_writable()
         end = offset + length
-        if self.size() < end:
-            self.set_size(end)
+        if self._size() < end:
+            self._set_size(end)
 
     def data_ranges(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         """``(start, end)`` ranges within ``[offset, offset+length)`` that may hold data.
@@ -68,16 +156,74 @@ class Storage(abc.ABC):
         if end > offset:
             yield offset, end
 
-    @abc.abstractmethod
-    def reopen(self, writable: bool, shareable: bool = False) -> None:
-        """Switch between read-only and read/write in place (locks follow).
+    # -- transactions ------------------------------------------------------------------
 
-        On failure the storage stays open as it was.
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Writes inside the block happen all or not at all, even across a crash.
+
+        Reads inside the block see the writes made so far.  Nested blocks join the
+        outermost one.  An exception inside the block discards the writes.
         """
+        if self._txn is not None:
+            yield
+            return
+        self._check_writable()
+        self._txn = []
+        try:
+            yield
+        except BaseException:
+            self._txn = None
+            raise
+        records, self._txn = self._txn, None
+        if records:
+            self._commit(records)
 
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release the file and its locks."""
+    def _commit(self, records: list[journal.Record]) -> None:
+        from ..errors import InvalidParameter
+        raw = journal.encode(records)
+        if len(raw) > journal.MAX_JOURNAL_BYTES:
+            raise InvalidParameter("internal error: a transaction grew too large", self.path)
+        jpath = journal.journal_path(self.path)
+        if self.provider.exists(jpath):
+            self.provider.delete(jpath)  # a stale, incomplete one
+        with self.provider.open(jpath, create=True) as log_file:
+            log_file.write_at(0, raw)
+            log_file.flush()
+        self._apply(records)
+        self.provider.delete(jpath)
+
+    def _apply(self, records: list[journal.Record]) -> None:
+        for record in records:
+            if record.kind == journal.WRITE:
+                self._write(record.offset, memoryview(record.data))
+            else:
+                self._set_size(record.offset)
+        self.flush()
+
+    def recover(self) -> None:
+        """Finish (or show) a transaction a crash interrupted.
+
+        Called by providers after opening the file.  Writable: a complete journal is
+        applied, an incomplete one discarded.  Read-only: a complete journal is
+        shown through reads, nothing is written.
+        """
+        if self.path.endswith(journal.SUFFIX):
+            return
+        jpath = journal.journal_path(self.path)
+        if not self.provider.exists(jpath):
+            return
+        with self.provider.open(jpath) as log_file:
+            raw = log_file.read_at(0, min(log_file.size(), journal.MAX_JOURNAL_BYTES + 4096))
+        records = journal.decode(raw)
+        if not self.writable:
+            self._pending = records
+            return
+        if records:
+            log.warning("%s: completing an operation that was interrupted", self.path)
+            self._apply(records)
+        self._pending = None
+        self.provider.delete(jpath)
 
     def __enter__(self) -> "Storage":
         return self
@@ -96,7 +242,8 @@ class StorageProvider(abc.ABC):
 
         ``create`` makes a new file and fails if one exists.  Writable opens take an
         exclusive write lock (shared with other writers only when ``shareable``), so
-        that a second writer gets :class:`~vdgui.engine.errors.ImageInUse`.
+        that a second writer gets :class:`~vdgui.engine.errors.ImageInUse`.  A
+        transaction a crash interrupted is completed (writable) or shown (read-only).
         """
 
     @abc.abstractmethod

@@ -37,28 +37,28 @@ class Fault:
 
 
 class _FaultyStorage(Storage):
+    """Counts (and fails) the raw writes of another storage; transactions and
+    their journal go through the faulty provider too, so they can be cut short."""
+
     def __init__(self, inner: Storage, provider: FaultyProvider) -> None:
         self._inner = inner
-        self._provider = provider
+        self.provider = provider
         self.path = inner.path
         self.writable = inner.writable
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        return self._inner.read_at(offset, length)
+    def _readinto(self, offset: int, buf: memoryview) -> int:
+        return self._inner._readinto(offset, buf)
 
-    def readinto_at(self, offset: int, buf: memoryview) -> int:
-        return self._inner.readinto_at(offset, buf)
+    def _write(self, offset: int, data: memoryview) -> None:
+        self.provider._before_write(self.path)
+        self._inner._write(offset, data)
 
-    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._provider._before_write(self.path)
-        self._inner.write_at(offset, data)
+    def _size(self) -> int:
+        return self._inner._size()
 
-    def size(self) -> int:
-        return self._inner.size()
-
-    def set_size(self, size: int) -> None:
-        self._provider._before_write(self.path)
-        self._inner.set_size(size)
+    def _set_size(self, size: int) -> None:
+        self.provider._before_write(self.path)
+        self._inner._set_size(size)
 
     def flush(self) -> None:
         self._inner.flush()
@@ -67,19 +67,23 @@ class _FaultyStorage(Storage):
         return self._inner.allocated_size()
 
     def punch_hole(self, offset: int, length: int) -> None:
-        self._provider._before_write(self.path)
+        self.provider._before_write(self.path)
         self._inner.punch_hole(offset, length)
 
     def allocate(self, offset: int, length: int) -> None:
-        self._provider._before_write(self.path)
+        self.provider._before_write(self.path)
         self._inner.allocate(offset, length)
 
     def data_ranges(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        if self._records():
+            return super().data_ranges(offset, length)
         return self._inner.data_ranges(offset, length)
 
     def reopen(self, writable: bool, shareable: bool = False) -> None:
         self._inner.reopen(writable, shareable)
         self.writable = self._inner.writable
+        self._pending = None
+        self.recover()
 
     def close(self) -> None:
         self._inner.close()
@@ -109,7 +113,10 @@ class FaultyProvider(StorageProvider):
         if create:
             self._before_write(path)
         inner = self.inner.open(path, writable=writable, create=create, shareable=shareable)
-        return _FaultyStorage(inner, self)
+        storage = _FaultyStorage(inner, self)
+        if not create:
+            storage.recover()
+        return storage
 
     def delete(self, path: str) -> None:
         self._before_write(path)

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Iterator
 
-from ..errors import AlreadyExists, ImageInUse, ReadOnly, from_os_error
+from ..errors import AlreadyExists, ImageInUse, from_os_error
 from .base import Storage, StorageProvider
 
 # QEMU's file-posix driver locks single bytes to announce what an open image does:
@@ -51,19 +51,15 @@ def _held_by_other(fd: int, byte: int) -> bool:
 class FileStorage(Storage):
     """A host file opened for positional I/O."""
 
-    def __init__(self, path: str, fd: int, writable: bool) -> None:
+    def __init__(self, path: str, fd: int, writable: bool, provider: FileProvider) -> None:
         self.path = path
         self._fd = fd
         self.writable = writable
+        self.provider = provider
 
-    # -- reading and writing
+    # -- raw operations
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-        n = self.readinto_at(offset, memoryview(buf))
-        return bytes(buf) if n == length else bytes(buf[:n])
-
-    def readinto_at(self, offset: int, buf: memoryview) -> int:
+    def _readinto(self, offset: int, buf: memoryview) -> int:
         total = 0
         want = len(buf)
         while total < want:
@@ -76,32 +72,25 @@ class FileStorage(Storage):
             total += n
         return total
 
-    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
-        view = memoryview(data).cast("B")
+    def _write(self, offset: int, data: memoryview) -> None:
         done = 0
-        while done < len(view):
+        while done < len(data):
             try:
-                done += os.pwrite(self._fd, view[done:], offset + done)
+                done += os.pwrite(self._fd, data[done:], offset + done)
             except OSError as exc:
                 raise from_os_error(exc, self.path, "writing failed") from exc
 
-    # -- size
-
-    def size(self) -> int:
+    def _size(self) -> int:
         return os.fstat(self._fd).st_size
 
-    def allocated_size(self) -> int:
-        return os.fstat(self._fd).st_blocks * 512
-
-    def set_size(self, size: int) -> None:
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
+    def _set_size(self, size: int) -> None:
         try:
             os.ftruncate(self._fd, size)
         except OSError as exc:
             raise from_os_error(exc, self.path, "resizing the file failed") from exc
+
+    def allocated_size(self) -> int:
+        return os.fstat(self._fd).st_blocks * 512
 
     def flush(self) -> None:
         if self.writable:
@@ -115,8 +104,7 @@ class FileStorage(Storage):
     def punch_hole(self, offset: int, length: int) -> None:
         if length <= 0:
             return
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
+        self._check_writable()
         if _fallocate is not None and _fallocate(
                 self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
             return
@@ -125,8 +113,7 @@ class FileStorage(Storage):
     def allocate(self, offset: int, length: int) -> None:
         if length <= 0:
             return
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
+        self._check_writable()
         if _fallocate is not None and _fallocate(self._fd, 0, offset, length) == 0:
             return
         err = ctypes.get_errno()
@@ -137,6 +124,9 @@ class FileStorage(Storage):
 
     def data_ranges(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         end = min(offset + length, self.size())
+        if self._records():  # pending metadata writes: don't trust the holes
+            yield from super().data_ranges(offset, length)
+            return
         pos = offset
         while pos < end:
             try:
@@ -158,10 +148,11 @@ class FileStorage(Storage):
     def reopen(self, writable: bool, shareable: bool = False) -> None:
         if writable == self.writable:
             return
-        other = FileProvider().open(self.path, writable=writable, shareable=shareable)
+        other = self.provider.open(self.path, writable=writable, shareable=shareable)
         # Take over the new descriptor (and its locks); drop the old one.
         old, self._fd, other._fd = self._fd, other._fd, -1
         self.writable = writable
+        self._pending = other._pending
         os.close(old)
 
     def close(self) -> None:
@@ -204,7 +195,14 @@ class FileProvider(StorageProvider):
         except BaseException:
             os.close(fd)
             raise
-        return FileStorage(path, fd, writable or create)
+        storage = FileStorage(path, fd, writable or create, self)
+        if not create:
+            try:
+                storage.recover()
+            except BaseException:
+                storage.close()
+                raise
+        return storage
 
     @staticmethod
     def _open_fd(path: str, flags: int, read_only: bool) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import threading
 
-from ..errors import AlreadyExists, FileNotFound, ImageInUse, ReadOnly
+from ..errors import AlreadyExists, FileNotFound, ImageInUse
 from .base import Storage, StorageProvider
 
 
@@ -22,35 +22,27 @@ class MemoryStorage(Storage):
     def __init__(self, provider: MemoryProvider, path: str, file: _MemoryFile,
                  writable: bool, exclusive: bool) -> None:
         self.path = path
-        self._provider = provider
+        self.provider = provider
         self._file = file
         self.writable = writable
         self._exclusive = exclusive
         self._closed = False
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        return bytes(self._file.data[offset:offset + length])
-
-    def readinto_at(self, offset: int, buf: memoryview) -> int:
+    def _readinto(self, offset: int, buf: memoryview) -> int:
         chunk = self._file.data[offset:offset + len(buf)]
         buf[:len(chunk)] = chunk
         return len(chunk)
 
-    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
-        data = memoryview(data).cast("B")
+    def _write(self, offset: int, data: memoryview) -> None:
         buf = self._file.data
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))
         buf[offset:offset + len(data)] = data
 
-    def size(self) -> int:
+    def _size(self) -> int:
         return len(self._file.data)
 
-    def set_size(self, size: int) -> None:
-        if not self.writable:
-            raise ReadOnly("the file is opened read-only", self.path)
+    def _set_size(self, size: int) -> None:
         buf = self._file.data
         if size < len(buf):
             del buf[size:]
@@ -63,15 +55,16 @@ class MemoryStorage(Storage):
     def reopen(self, writable: bool, shareable: bool = False) -> None:
         if writable == self.writable:
             return
-        other = self._provider.open(self.path, writable=writable, shareable=shareable)
-        self._provider._release(self._file, self.writable, self._exclusive)
+        other = self.provider.open(self.path, writable=writable, shareable=shareable)
+        self.provider._release(self._file, self.writable, self._exclusive)
         self.writable, self._exclusive = other.writable, other._exclusive
+        self._pending = other._pending
         other._closed = True  # its lock now belongs to this storage
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._provider._release(self._file, self.writable, self._exclusive)
+            self.provider._release(self._file, self.writable, self._exclusive)
 
 
 class MemoryProvider(StorageProvider):
@@ -99,7 +92,10 @@ class MemoryProvider(StorageProvider):
                                      "writing to it", path)
                 file.writers += 1
                 file.exclusive = not shareable
-            return MemoryStorage(self, path, file, writable, writable and not shareable)
+            storage = MemoryStorage(self, path, file, writable, writable and not shareable)
+        if not create:
+            storage.recover()
+        return storage
 
     def _release(self, file: _MemoryFile, writable: bool, exclusive: bool) -> None:
         with self._lock:
