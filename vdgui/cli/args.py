@@ -48,7 +48,8 @@ def make_parents() -> Parents:
     image.add_argument("--search-path", metavar="DIR", action="append", default=[],
                        help="also look for parent images (by UUID) in DIR; repeatable")
     image.add_argument("-f", "--format", metavar="FMT", type=format_name,
-                       help="the image's format (default: probed)")
+                       help="the image's format (default: probed; for a new image, "
+                            "from its extension)")
     return Parents(base, image)
 
 

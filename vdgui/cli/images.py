@@ -1,16 +1,18 @@
 """Opening images for the subcommands.
 
-Read-only subcommands open the whole chain with ``READONLY`` (no byte, no lock
-state, no timestamp changes).  Commands that only edit one image's own metadata
-(``set``, ``info`` without ``--chain``) open that image alone with ``INFO``, so they
-still work on a differencing image whose parent is missing.
+Everything is opened read-only first (no byte, no lock state, no timestamp
+changes).  Commands that change an image check what they can on that read-only
+open and only then reopen the top image for writing (:func:`make_writable`), so a
+refusal leaves every file exactly as it was.  Commands that only concern one
+image's own metadata (``set``, ``info`` without ``--chain``) open that image alone
+with ``INFO``, so they also work on a differencing image whose parent is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from vdgui.engine import Disk, OpenFlags, open_chain, probe
+from vdgui.engine import LAST_IMAGE, Disk, DiskType, OpenFlags, open_chain, probe
 
 
 def open_readonly(args: argparse.Namespace, path: str | None = None,
@@ -21,37 +23,24 @@ def open_readonly(args: argparse.Namespace, path: str | None = None,
     return open_chain(path, OpenFlags.READONLY, args.search_path, backend)
 
 
-def open_writable(args: argparse.Namespace) -> Disk:
-    """The chain ending in ``args.image``, the top image opened for writing."""
-    disk = open_chain(args.image, OpenFlags.NORMAL, args.search_path, args.format)
-    try:
-        require_writable(disk)
-    except BaseException:
-        disk.close_all()
-        raise
-    return disk
-
-
-def open_single(path: str, backend: str | None, writable: bool) -> Disk:
-    """``path`` alone in a container, without its ancestors (metadata access)."""
-    detected, disk_type = probe(path)
+def open_single(path: str, backend: str | None = None) -> Disk:
+    """``path`` alone in a container, read-only, without its ancestors (metadata)."""
+    disk_type = DiskType.HDD
+    if backend is None:
+        backend, disk_type = probe(path)
     disk = Disk(disk_type)
-    flags = OpenFlags.INFO | (OpenFlags.NORMAL if writable else OpenFlags.READONLY)
     try:
-        disk.open(path, backend or detected, flags)
-        if writable:
-            require_writable(disk)
+        disk.open(path, backend, OpenFlags.INFO | OpenFlags.READONLY)
     except BaseException:
         disk.close_all()
         raise
     return disk
 
 
-def require_writable(disk: Disk) -> None:
-    """Fail, saying why, when the top image could only be opened read-only.
+def make_writable(disk: Disk) -> None:
+    """Reopen the top image for writing (``VDSetOpenFlags``), failing if it is locked.
 
-    ``VDOpen`` quietly falls back to read-only when the file is locked by another
-    writer or not writable; a zero-length ``VDWrite`` reports that state with its
-    reason and changes nothing.
+    Opening for writing only once the checks passed matters: an image may be
+    rewritten when it is closed after a writable open, even if nothing changed.
     """
-    disk.write(0, b"")
+    disk.set_open_flags(LAST_IMAGE, disk.open_flags(LAST_IMAGE) & ~OpenFlags.READONLY)

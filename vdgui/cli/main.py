@@ -43,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        return 2
+        return _fail("no command given (see 'vdimg --help')", 2, False)
     debug = bool(getattr(args, "debug", False))
     with _logging(debug):
         return _run(args, debug)

@@ -67,7 +67,7 @@ def print_fields(fields: Iterable[tuple[str, str]], indent: str = "") -> None:
     fields = list(fields)
     width = max((len(key) for key, _ in fields), default=0) + 1
     for key, value in fields:
-        print(f"{indent}{key + ':':<{width}} {value}")
+        print(f"{indent}{key + ':':<{width}} {value}".rstrip())
 
 
 def print_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:

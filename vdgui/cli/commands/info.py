@@ -41,7 +41,7 @@ def image_record(disk: Disk, n: int) -> dict[str, Any]:
     """The contract's ``info --json`` object for image ``n`` of ``disk``."""
     view = disk[n]
     kind = view.disk_type if view.disk_type != DiskType.INVALID else DiskType.HDD
-    record = {
+    return {
         "path": view.path,
         "format": view.backend.lower(),
         "type": kind.label,
@@ -60,7 +60,6 @@ def image_record(disk: Disk, n: int) -> dict[str, Any]:
         "read_only": _read_only(disk, n),
         "encrypted": bool(view.encrypted),
     }
-    return record
 
 
 def _read_only(disk: Disk, n: int) -> bool:
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.chain:
         disk = open_readonly(args)
     else:
-        disk = open_single(args.image, args.format, writable=False)
+        disk = open_single(args.image, args.format)
     with disk:
         records = [image_record(disk, n) for n in range(disk.count)]
     top = records[-1]

@@ -20,7 +20,7 @@ from vdgui.engine.errors import InvalidParameter, from_os_error
 
 from .. import args as types
 from ..args import Parents, UsageError
-from ..images import open_readonly, open_writable
+from ..images import make_writable, open_readonly
 from ..progress import operation
 
 #: Bytes moved per engine call.
@@ -72,10 +72,11 @@ def run_read(args: argparse.Namespace) -> int:
 def run_write(args: argparse.Namespace) -> int:
     source = _open_source(args.file)
     try:
-        with open_writable(args) as disk:
+        with open_readonly(args) as disk:
             known = _regular_file_size(source)
-            # Refuse before writing anything where the amount is known.
+            # Refuse before opening for writing where the amount is known.
             _check_range(disk, args.image, args.offset, known or 0, "writing")
+            make_writable(disk)
             with operation(f"writing {args.image}", False) as progress:
                 done = _copy_in(source, disk, args.image, args.offset, known, progress)
             disk.flush()

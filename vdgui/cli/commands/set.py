@@ -15,15 +15,19 @@ import uuid as uuidlib
 from typing import Any, Callable
 
 from vdgui.engine import Disk
-from vdgui.engine.errors import UuidMismatch
+from vdgui.engine.errors import NotSupported, UuidMismatch
 
 from .. import args as types
 from ..args import Parents, UsageError
-from ..images import open_single
+from ..images import make_writable, open_single
 from ..output import geometry_value, human_value, optional, uuid_value
 
-#: (option dest, record key, getter, setter) for each settable property of image 0.
+#: (option dest, getter, setter) for each settable property of image 0.
 _PROPERTIES: tuple[tuple[str, Callable[[Disk], Any], Callable[[Disk, Any], None]], ...] = (
+    # Geometry first: whether a format stores it shows only when it is set, and a
+    # refusal there must come before anything else was changed.
+    ("pchs", lambda d: geometry_value(d.pchs(0)), lambda d, v: d.set_pchs(0, v)),
+    ("lchs", lambda d: geometry_value(d.lchs(0)), lambda d, v: d.set_lchs(0, v)),
     ("uuid", lambda d: uuid_value(d[0].uuid), lambda d, v: d.set_uuid(0, v)),
     ("parent_uuid", lambda d: uuid_value(d[0].parent_uuid),
      lambda d, v: d.set_parent_uuid(0, v)),
@@ -32,9 +36,9 @@ _PROPERTIES: tuple[tuple[str, Callable[[Disk], Any], Callable[[Disk, Any], None]
     ("parent_modification_uuid", lambda d: uuid_value(d[0].parent_modification_uuid),
      lambda d, v: d.set_parent_modification_uuid(0, v)),
     ("comment", lambda d: d[0].comment, lambda d, v: d.set_comment(0, v)),
-    ("pchs", lambda d: geometry_value(d.pchs(0)), lambda d, v: d.set_pchs(0, v)),
-    ("lchs", lambda d: geometry_value(d.lchs(0)), lambda d, v: d.set_lchs(0, v)),
 )
+
+_WORDS = {"pchs": "physical geometry (pchs)", "lchs": "logical geometry (lchs)"}
 
 
 def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
@@ -65,18 +69,22 @@ def run(args: argparse.Namespace) -> int:
     if args.child and args.uuid is None:
         raise UsageError("--child only makes sense with --uuid")
     with contextlib.ExitStack() as stack:
-        disk = stack.enter_context(open_single(args.image, args.format, writable=True))
+        # Everything is checked on read-only opens; only then are the files reopened
+        # for writing, so a refusal leaves every file as it was.
+        disk = stack.enter_context(open_single(args.image, args.format))
         children = [stack.enter_context(_open_child(path, args.image)) for path in args.child]
         old_uuid = disk[0].uuid if args.child else None
         for path, child in zip(args.child, children):
             _check_child(path, child, args.image, old_uuid)
-        # Read every field first: one the format lacks fails here, before any write.
-        # (An unset geometry cannot be told from an unsupported one; its setter says.)
+        # A field the format lacks fails here.  (An unset geometry cannot be told
+        # from an unsupported one; its setter says.)
         before = [get(disk) if name not in ("pchs", "lchs") else optional(lambda: get(disk))
                   for name, get, _, _ in changes]
+        for opened in (disk, *children):
+            make_writable(opened)
         lines = []
         for (name, get, put, value), old in zip(changes, before):
-            put(disk, value)
+            _put(disk, name, put, value, args.image)
             lines.append(f"{args.image}: {name}: {human_value(old)} -> "
                          f"{human_value(optional(lambda: get(disk)))}")
         for path, child in zip(args.child, children):
@@ -88,15 +96,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _put(disk: Disk, name: str, put: Callable[[Disk, Any], None], value: Any,
+         path: str) -> None:
+    try:
+        put(disk, value)
+    except AttributeError as exc:
+        # A backend overriding only a property's getter has no setter at all: the
+        # format does not store the field (it should raise NotSupported itself).
+        if "no setter" not in str(exc):
+            raise
+        what = _WORDS.get(name, name.replace("_", " "))
+        raise NotSupported(f"the format does not store a {what}", path) from exc
+
+
 def _open_child(path: str, image: str) -> Disk:
     if os.path.realpath(path) == os.path.realpath(image):
         raise UsageError(f"{path} is IMAGE itself, not one of its children")
-    return open_single(path, None, writable=True)
+    return open_single(path)
 
 
 def _check_child(path: str, child: Disk, image: str, old_uuid: uuidlib.UUID) -> None:
-    parent = optional(lambda: child[0].parent_uuid)
-    if parent != old_uuid:
-        what = f"has parent UUID {uuid_value(parent)}" if parent else "stores no parent UUID"
+    parent = uuid_value(optional(lambda: child[0].parent_uuid))
+    if parent != str(old_uuid):
+        what = f"has parent UUID {parent}" if parent else "has no parent UUID"
         raise UuidMismatch(f"not a child of {image}: it {what}, but {image} has UUID "
                            f"{old_uuid}; nothing was changed", path)

@@ -179,6 +179,36 @@ class Image(abc.ABC):
     def flush(self) -> None:
         """Write cached metadata and make everything durable."""
 
+    # -- optional capabilities used by operations (compact, discard, resize) --------
+
+    @property
+    def can_mark_zero(self) -> bool:
+        """True when :meth:`unmap` can leave units that read as zeros and hide the
+        images below (VDI zero blocks, QCOW2 zero clusters, VMDK zero grains)."""
+        return False
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Release the storage of the whole allocation units in the range.
+
+        ``zero`` False leaves them FREE (reads fall through to the image below);
+        ``zero`` True leaves them reading as zeros (needs :attr:`can_mark_zero`).
+        Each table change is written at once, so an interruption loses nothing.
+        The space is reclaimed by :meth:`pack`.
+        """
+        raise NotSupported(f"the {self.info.name} format cannot release blocks", self.path)
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move allocated blocks into the holes :meth:`unmap` left and shrink the file."""
+        raise NotSupported(f"the {self.info.name} format cannot be compacted", self.path)
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Change the virtual size (``VDResize``), keeping the content.
+
+        Growing must keep every byte; shrinking is refused (ShrinkNotSupported)
+        unless the format allows it and nothing stored lies beyond the new end.
+        """
+        raise NotSupported(f"the {self.info.name} format cannot be resized", self.path)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Write back metadata (when writable) and release the files."""

@@ -415,11 +415,6 @@ class VdiImage(SingleFileImage):
         self._set_field("_comment", value)
 
     @property
-    def pchs(self) -> Geometry:
-        # VDI stores no physical geometry; VirtualBox derives it from the logical one.
-        return super().pchs
-
-    @property
     def lchs(self) -> Geometry:
         if not self._lchs_stored or not self._lchs.is_set:
             return super().lchs
@@ -439,17 +434,8 @@ class VdiImage(SingleFileImage):
 
     # -- lifetime --------------------------------------------------------------------
 
-    def flush(self) -> None:
-        if self.storage.writable:
-            self._write_header()
-        super().flush()
-
-    def close(self) -> None:
-        try:
-            if self.storage.writable:
-                self._write_header()
-        finally:
-            super().close()
+    # Every header change is written when it is made, so flush and close have no
+    # metadata of their own to write (and a close without changes changes nothing).
 
     def describe(self) -> list[tuple[str, str]]:
         h = self._h

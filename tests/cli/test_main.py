@@ -1,0 +1,162 @@
+"""The command as a whole: version, usage errors, exit statuses, error lines.
+
+A few checks run the real ``python -m vdgui.cli`` process; the rest call main()
+in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vdgui
+from vdgui.cli.commands import info
+from vdgui.engine import Disk
+
+from .helpers import Runner, make_image
+
+
+def run_process(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "vdgui.cli", *map(str, args)],
+                          input=stdin, capture_output=True, timeout=60)
+
+
+def assert_one_error_line(stderr: bytes, *needles: str) -> None:
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vdimg: error: "), stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+# -- end to end, in a real process ---------------------------------------------------
+
+def test_process_version() -> None:
+    result = run_process("--version")
+    assert result.returncode == 0
+    assert result.stdout.decode().strip() == f"vdimg {vdgui.__version__}"
+
+
+def test_process_missing_file_is_one_line_exit_3(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.vdi"
+    result = run_process("info", missing)
+    assert result.returncode == 3
+    assert_one_error_line(result.stderr, str(missing), "not found")
+    assert result.stdout == b""
+
+
+def test_process_usage_error_exit_2(tmp_path: Path) -> None:
+    result = run_process("create", tmp_path / "x.vdi", "12 parsecs")
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "SIZE", "12 parsecs")
+    assert not (tmp_path / "x.vdi").exists()
+
+
+def test_process_create_write_read_compare(tmp_path: Path) -> None:
+    image, other = tmp_path / "a.vdi", tmp_path / "b.vdi"
+    assert run_process("create", image, "2M").returncode == 0
+    assert run_process("create", other, "2M").returncode == 0
+    payload = bytes(range(256)) * 9
+    assert run_process("write", image, "1000", stdin=payload).returncode == 0
+    result = run_process("read", image, "1000", str(len(payload)))
+    assert result.returncode == 0 and result.stdout == payload
+    result = run_process("compare", image, other)
+    assert result.returncode == 1 and b"offset 1001" in result.stdout  # payload[0] is 0
+
+
+def test_process_corrupt_image_no_traceback(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "bad.vdi")
+    with open(image, "r+b") as f:
+        f.seek(72)  # the header after the signature
+        f.write(b"\xff" * 16)
+    result = run_process("info", image)
+    assert result.returncode == 3
+    assert_one_error_line(result.stderr, str(image))
+    result = run_process("--debug", "info", image)
+    assert result.returncode == 3 and b"Traceback" in result.stderr
+
+
+# -- in-process -----------------------------------------------------------------------
+
+def test_no_command_is_usage_error(vdimg: Runner) -> None:
+    vdimg().assert_error(2, "no command")
+
+
+def test_unknown_command_one_line(vdimg: Runner) -> None:
+    vdimg("frobnicate").assert_error(2, "frobnicate")
+
+
+def test_help_exits_0(vdimg: Runner) -> None:
+    result = vdimg("--help")
+    assert result.rc == 0 and "compare" in result.text
+
+
+def test_missing_argument_is_usage_error(vdimg: Runner) -> None:
+    vdimg("read").assert_error(2)
+
+
+def test_internal_error_is_one_line_without_traceback(
+        vdimg: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = make_image(tmp_path / "a.vdi")
+
+    def broken(disk: object, n: int) -> dict:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(info, "image_record", broken)
+    vdimg("info", image).assert_error(3, "internal error", "boom", "--debug")
+    result = vdimg("info", "--debug", image)
+    assert result.rc == 3
+    assert "Traceback" in result.err and "RuntimeError: boom" in result.err
+    assert result.err.splitlines()[-1].startswith("vdimg: error: internal error")
+
+
+def test_debug_before_the_command(vdimg: Runner, tmp_path: Path) -> None:
+    result = vdimg("--debug", "info", tmp_path / "none.vdi")
+    assert result.rc == 3 and "Traceback" in result.err
+
+
+def test_keyboard_interrupt_is_one_line_exit_3(
+        vdimg: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = make_image(tmp_path / "a.vdi")
+
+    def interrupted(disk: object, n: int) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "image_record", interrupted)
+    vdimg("info", image).assert_error(3, str(image), "interrupted")
+
+
+def test_broken_pipe_is_quiet(vdimg: Runner, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    image = make_image(tmp_path / "a.vdi")
+
+    def gone(disk: object, n: int) -> dict:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(info, "image_record", gone)
+    result = vdimg("info", image)
+    assert result.rc == 0 and result.err == ""
+
+
+def test_logging_only_with_debug(vdimg: Runner, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    image = make_image(tmp_path / "a.vdi")
+    original = info.image_record
+    handled: list[bool] = []
+
+    def noisy(disk: Disk, n: int) -> dict:
+        logger = logging.getLogger("vdgui.engine.container")
+        # Without a handler of our own, Python would print warnings on stderr.
+        handled.append(any(logging.getLogger("vdgui").handlers))
+        logger.warning("a warning")
+        return original(disk, n)
+
+    monkeypatch.setattr(info, "image_record", noisy)
+    result = vdimg("info", image)
+    assert result.rc == 0 and result.err == "" and handled == [True]
+    result = vdimg("info", "--debug", image)
+    assert result.rc == 0 and "a warning" in result.err
+    assert not logging.getLogger("vdgui").handlers  # removed again after the run
