@@ -125,5 +125,5 @@ def test_unsupported_geometry_changes_no_byte(vdimg: Runner, tmp_path: Path) -> 
     image = make_image(tmp_path / "a.vdi")
     before = image.read_bytes()
     vdimg("set", "--comment", "x", "--pchs", "10/16/63", image).assert_error(
-        3, str(image), "pchs")
+        3, str(image), "physical geometry")
     assert image.read_bytes() == before

@@ -15,7 +15,7 @@ import uuid as uuidlib
 from typing import Any, Callable
 
 from vdgui.engine import Disk
-from vdgui.engine.errors import NotSupported, UuidMismatch
+from vdgui.engine.errors import UuidMismatch
 
 from .. import args as types
 from ..args import Parents, UsageError
@@ -37,9 +37,6 @@ _PROPERTIES: tuple[tuple[str, Callable[[Disk], Any], Callable[[Disk, Any], None]
      lambda d, v: d.set_parent_modification_uuid(0, v)),
     ("comment", lambda d: d[0].comment, lambda d, v: d.set_comment(0, v)),
 )
-
-_WORDS = {"pchs": "physical geometry (pchs)", "lchs": "logical geometry (lchs)"}
-
 
 def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
     parser = subparsers.add_parser(
@@ -84,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             make_writable(opened)
         lines = []
         for (name, get, put, value), old in zip(changes, before):
-            _put(disk, name, put, value, args.image)
+            put(disk, value)
             lines.append(f"{args.image}: {name}: {human_value(old)} -> "
                          f"{human_value(optional(lambda: get(disk)))}")
         for path, child in zip(args.child, children):
@@ -94,19 +91,6 @@ def run(args: argparse.Namespace) -> int:
             opened.flush()
     print("\n".join(lines))
     return 0
-
-
-def _put(disk: Disk, name: str, put: Callable[[Disk, Any], None], value: Any,
-         path: str) -> None:
-    try:
-        put(disk, value)
-    except AttributeError as exc:
-        # A backend overriding only a property's getter has no setter at all: the
-        # format does not store the field (it should raise NotSupported itself).
-        if "no setter" not in str(exc):
-            raise
-        what = _WORDS.get(name, name.replace("_", " "))
-        raise NotSupported(f"the format does not store a {what}", path) from exc
 
 
 def _open_child(path: str, image: str) -> Disk:
