@@ -12,14 +12,23 @@ import os
 from .errors import (AccessDenied, FileNotFound, InvalidHeader, InvalidParameter,
                      NotSupported, VDError)
 from .formats.base import BackendInfo, Image
+from .formats.dmg import DmgImage
+from .formats.parallels import ParallelsImage
+from .formats.qcow import QcowImage
+from .formats.qcow2 import Qcow2Image
+from .formats.qed import QedImage
 from .formats.raw import RawImage
 from .formats.vdi import VdiImage
+from .formats.vmdk import VmdkImage
+from .formats.vhd import VhdImage
+from .formats.vhdx import VhdxImage
 from .io import StorageProvider, default_provider
 from .types import DiskType
 
 #: Image backends in probe order (VirtualBox: VMDK, VDI, VHD, Parallels, DMG, QED,
 #: QCOW, VHDX, ..., RAW).
-_BACKENDS: tuple[type[Image], ...] = (VdiImage, RawImage)
+_BACKENDS: tuple[type[Image], ...] = (VmdkImage, VdiImage, VhdImage, ParallelsImage, DmgImage,
+                                       QedImage, QcowImage, Qcow2Image, VhdxImage, RawImage)
 
 #: Other names people use for a format.
 ALIASES = {"vpc": "VHD", "img": "RAW", "iso": "RAW"}

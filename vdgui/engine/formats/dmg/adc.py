@@ -16,11 +16,15 @@ from __future__ import annotations
 
 
 class AdcError(ValueError):
-    """The stream is malformed or expands beyond the expected size."""
+    """The stream is malformed."""
+
+
+class AdcOverflow(AdcError):
+    """The stream expands beyond the caller's limit."""
 
 
 def decompress(data: bytes, limit: int) -> bytes:
-    """Decode ``data``; :class:`AdcError` if it would exceed ``limit`` bytes."""
+    """Decode ``data``; :class:`AdcOverflow` if it would exceed ``limit`` bytes."""
     out = bytearray()
     pos, end = 0, len(data)
     while pos < end:
@@ -54,5 +58,5 @@ def decompress(data: bytes, limit: int) -> bytes:
                 pattern = out[start:]
                 out += (pattern * (count // distance + 1))[:count]
         if len(out) > limit:
-            raise AdcError(f"the data expands beyond {limit} bytes")
+            raise AdcOverflow(f"the data expands beyond {limit} bytes")
     return bytes(out)

@@ -85,25 +85,24 @@ _lzma = _streaming(functools.partial(lzma.LZMADecompressor, memlimit=LZMA_MEMORY
 def _adc(payload: bytes, expected: int) -> bytes:
     try:
         return adc.decompress(payload, expected)
+    except adc.AdcOverflow:
+        raise _too_long(expected) from None
     except adc.AdcError as exc:
-        if "expands beyond" in str(exc):
-            raise _too_long(expected) from None
         raise ChunkError(f"bad ADC data ({exc})") from None
 
 
 @functools.lru_cache(maxsize=1)
-def _lzfse_decoder() -> Callable[..., int]:
-    """``lzfse_decode_buffer`` from the ``lzfse`` package's extension module."""
+def lzfse_decoder() -> Callable[..., int] | str:
+    """``lzfse_decode_buffer`` from the ``lzfse`` package, or why it is unavailable."""
     try:
         import lzfse  # type: ignore[import-not-found]
     except ImportError:
-        raise ChunkUnsupported("LZFSE chunks need the optional Python package 'lzfse' "
-                               "(pip install lzfse)") from None
+        return "LZFSE chunks need the optional Python package 'lzfse' (pip install lzfse)"
     try:
         function = ctypes.CDLL(lzfse.__file__).lzfse_decode_buffer
     except (OSError, AttributeError, TypeError):
-        raise ChunkUnsupported("the installed 'lzfse' package does not expose the bounded "
-                               "decoder lzfse_decode_buffer this program needs") from None
+        return ("the installed 'lzfse' package does not expose the bounded decoder "
+                "lzfse_decode_buffer that this program needs for LZFSE chunks")
     function.restype = ctypes.c_size_t
     function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
                          ctypes.c_void_p)
@@ -111,7 +110,9 @@ def _lzfse_decoder() -> Callable[..., int]:
 
 
 def _lzfse(payload: bytes, expected: int) -> bytes:
-    function = _lzfse_decoder()
+    function = lzfse_decoder()
+    if isinstance(function, str):
+        raise ChunkUnsupported(function)
     # One spare byte: a full buffer means the stream holds more than declared.
     out = ctypes.create_string_buffer(expected + 1)
     produced = function(out, expected + 1, payload, len(payload), None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import plistlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import Corrupted, NotSupported
 from ...io import Storage
@@ -114,7 +115,7 @@ def entries_from_resource_fork(raw: bytes, path: str) -> list[BlkxEntry]:
     return entries
 
 
-def _get(container: object, key: str, kind: type, where: str, path: str):
+def _get(container: object, key: str, kind: type, where: str, path: str) -> Any:
     """``container[key]``, which must exist and be of type ``kind``."""
     value = container.get(key) if isinstance(container, dict) else None
     if not isinstance(value, kind):
