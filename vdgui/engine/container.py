@@ -344,15 +344,16 @@ class Disk:
         """Close images ``first`` .. ``last`` (inclusive) from the middle of the chain.
 
         For merges, once the remaining images are linked past them.  Files are
-        deleted when ``delete`` is true.  Errors are raised after every image was
-        handled.
+        deleted when ``delete`` is true, the highest image first, so that an
+        interruption never leaves an image whose parent is gone.  Errors are raised
+        after every image was handled.
         """
         with self.lock:
             removed = self._slots[first:last + 1]
             del self._slots[first:last + 1]
             self._refresh_cache()
             first_error: BaseException | None = None
-            for slot in removed:
+            for slot in reversed(removed):
                 try:
                     slot.image.close()
                     if delete:

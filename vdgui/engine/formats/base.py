@@ -12,10 +12,11 @@ suppressing writes that change nothing.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import ClassVar, ContextManager, Mapping
 
 from ..errors import GeometryNotSet, InvalidParameter, NotSupported, ReadOnly
 from ..io import Storage, StorageProvider
@@ -241,6 +242,14 @@ class Image(abc.ABC):
             except NotSupported:
                 pass
 
+    def transaction(self) -> ContextManager[None]:
+        """A group of changes that a crash applies all or not at all.
+
+        Single-file images journal their file's writes (``Storage.transaction``);
+        multi-file formats override this.
+        """
+        return contextlib.nullcontext()
+
     def rename(self, new_path: str) -> None:
         """Move the image's files to ``new_path`` while it stays open."""
         raise NotSupported(f"the {self.info.name} format cannot be moved by renaming",
@@ -404,6 +413,9 @@ class SingleFileImage(Image):
                 self.flush()
             self.storage.reopen(want_writable, bool(flags & OpenFlags.SHAREABLE))
         self.open_flags = flags
+
+    def transaction(self) -> ContextManager[None]:
+        return self.storage.transaction()
 
     def rename(self, new_path: str) -> None:
         # The open descriptor stays valid across a rename on the same file system.

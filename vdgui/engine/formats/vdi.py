@@ -17,11 +17,11 @@ import numpy as np
 
 from ..blockmap import DATA, FREE, ZERO, BlockMap, FlatTable, unit_runs, zeros
 from ..errors import (Corrupted, InvalidHeader, InvalidParameter, InvalidSize, InvalidType,
-                      NotSupported)
+                      NotSupported, ShrinkNotSupported)
 from ..io import Storage
 from ..io import StorageProvider
 from ..layout import Layout, c_string
-from ..progress import report
+from ..progress import Progress, report
 from ..sizes import align_up
 from ..types import (NIL_UUID, SECTOR, Capability, ConfigKey, ConfigKeyFlags,
                      ConfigValueType, DiskType, Geometry, ImageFlags, OpenFlags, Status)
@@ -293,7 +293,7 @@ class VdiImage(SingleFileImage):
         if extra:
             for i in range(count):
                 self.storage.write_at(self._slot_offset(index + i) - extra,
-                                      zeros(extra).join((b"", data[i * bs:(i + 1) * bs])))
+                                      zeros(extra) + data[i * bs:(i + 1) * bs].tobytes())
         else:
             if self._flags & HEADER_FLAG_ZERO_EXPAND:
                 self.storage.allocate(self._slot_offset(index), count * bs)
@@ -305,12 +305,150 @@ class VdiImage(SingleFileImage):
         self.table.entries[block:block + count] = np.arange(index, index + count,
                                                             dtype=np.uint32)
 
+    # -- releasing blocks, compaction, resizing ----------------------------------------
+
+    @property
+    def can_mark_zero(self) -> bool:
+        return True
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        self.check_writable()
+        bs = self._block_size
+        first, end = offset // bs, -(-min(offset + length, self._disk_size) // bs)
+        self.table.entries[first:end] = BLOCK_ZERO if zero else BLOCK_FREE
+        self.table.persist(first, end - first)
+
+    @property
+    def _slot(self) -> int:
+        return self._block_size + self._block_extra
+
+    def _owners(self) -> np.ndarray:
+        """For each physical block, the virtual block using it (-1: a hole)."""
+        entries = self.table.entries
+        used = np.flatnonzero(entries < BLOCK_ZERO)
+        owner = np.full(self._allocated, -1, dtype=np.int64)
+        owner[entries[used].astype(np.int64)] = used
+        return owner
+
+    def _copy_slot(self, source: int, target: int) -> None:
+        start = self._slot_offset(source) - self._block_extra
+        data = self.storage.read_exact(start, self._slot, "a data block")
+        self.storage.write_at(self._slot_offset(target) - self._block_extra, data)
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Fill holes with the last blocks, then cut the file after the last one.
+
+        Each batch copies data into holes first and only then repoints the map (in
+        one transaction), so an interruption leaves every block readable.
+        """
+        self.check_writable()
+        owner = self._owners()
+        holes = np.flatnonzero(owner < 0).tolist()
+        used = np.flatnonzero(owner >= 0).tolist()
+        moves = []
+        while holes and used and holes[0] < used[-1]:
+            moves.append((used.pop(), holes.pop(0)))
+        batch = max(1, (64 << 20) // self._slot)
+        for done in range(0, len(moves), batch):
+            report(progress, done, len(moves), "moving blocks")
+            part = moves[done:done + batch]
+            for source, target in part:
+                self._copy_slot(source, target)
+            self.storage.flush()
+            with self.storage.transaction():
+                for source, target in part:
+                    block = int(owner[source])
+                    self.table.entries[block] = target
+                    self.table.persist(block, 1)
+        keep = len(used) + len(moves)
+        with self.storage.transaction():
+            self._allocated = keep
+            self._write_header()
+            self.storage.set_size(self._data_offset + keep * self._slot)
+        report(progress, len(moves), len(moves), "moving blocks")
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        self.check_writable()
+        if self._version == VERSION_0:
+            raise self._unsupported("a new size in version 0 images (convert it first)")
+        if not MIN_SIZE <= size < MAX_SIZE:
+            raise InvalidSize(f"a VDI image must be at least 1 MiB and smaller than "
+                              f"4 PiB - 3 MiB (asked for {size} bytes)", self.path)
+        if size < self._disk_size:
+            self._shrink(size)
+        elif size > self._disk_size:
+            self._grow(size, progress)
+
+    def _shrink(self, size: int) -> None:
+        bs = self._block_size
+        keep = -(-size // bs)
+        entries = self.table.entries
+        beyond = np.flatnonzero(entries[keep:] < BLOCK_ZERO)
+        if self._type == TYPE_FIXED or beyond.size:
+            first = (keep + int(beyond[0])) * bs if beyond.size else keep * bs
+            raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                     f"{first}); shrinking would lose it", self.path)
+        if size % bs and entries[keep - 1] < BLOCK_ZERO:
+            tail = bytearray(min(keep * bs, self._disk_size) - size)
+            self.map.read_into(size, memoryview(tail))
+            if any(tail):
+                raise ShrinkNotSupported(f"the last block holds data after offset {size}; "
+                                         f"shrinking would lose it", self.path)
+        with self.storage.transaction():
+            self._disk_size, self._blocks = size, keep
+            self._write_header()
+        self.table.entries = entries[:keep].copy()
+        self.map.size = size
+
+    def _grow(self, size: int, progress: Progress | None) -> None:
+        bs, slot = self._block_size, self._slot
+        old_blocks = self._blocks
+        blocks = -(-size // bs)
+        fixed = self._type == TYPE_FIXED
+        entries = np.concatenate([self.table.entries,
+                                  np.full(blocks - old_blocks, BLOCK_FREE, dtype="<u4")])
+        shift = max(0, -(-(self._blocks_offset + 4 * blocks - self._data_offset) // slot))
+        allocated = self._allocated
+        if shift:
+            # The map must grow into the data area: move the first blocks to the end.
+            owner = self._owners()
+            for physical in range(min(shift, allocated)):
+                report(progress, physical, shift, "making room for the block map")
+                if owner[physical] >= 0:
+                    self._copy_slot(physical, allocated)
+                    entries[owner[physical]] = allocated
+                    allocated += 1
+            self.storage.flush()
+            used = entries < BLOCK_ZERO
+            entries[used] -= np.uint32(shift)
+            allocated -= shift
+        if fixed:
+            start = self._data_offset + shift * slot + allocated * slot
+            self._reserve(start, (blocks - old_blocks) * slot, progress)
+            entries[old_blocks:] = np.arange(allocated, allocated + blocks - old_blocks,
+                                             dtype=np.uint32)
+            allocated += blocks - old_blocks
+        with self.storage.transaction():
+            self.table.entries = entries
+            self.table.persist_all()
+            self._disk_size, self._blocks, self._allocated = size, blocks, allocated
+            self._data_offset += shift * slot
+            self._write_header()
+        self.map.size = size
+
+    def _reserve(self, start: int, length: int, progress: Progress | None) -> None:
+        step = 64 << 20
+        for pos in range(0, length, step):
+            report(progress, pos, length, "allocating")
+            self.storage.allocate(start + pos, min(step, length - pos))
+
     # -- header ----------------------------------------------------------------------
 
     def _header_bytes(self) -> bytes:
         h = dict(self._h)
         h.update(
-            type=self._type, flags=self._flags,
+            type=self._type, flags=self._flags, blocks=self._blocks,
+            data_offset=self._data_offset,
             comment=self._comment.encode("utf-8")[:COMMENT_SIZE - 1].ljust(COMMENT_SIZE, b"\0"),
             disk_size=self._disk_size, blocks_allocated=self._allocated,
             uuid=self._uuid.bytes_le, modification_uuid=self._mod_uuid.bytes_le,

@@ -187,6 +187,9 @@ class FileProvider(StorageProvider):
             raise AlreadyExists("the file already exists; it was left untouched",
                                 path) from exc
         except OSError as exc:
+            if create and exc.errno == errno.ENOENT:
+                raise from_os_error(exc, path, "cannot create the file: its folder "
+                                               "does not exist") from exc
             raise from_os_error(exc, path, "cannot open the file") from exc
         try:
             if os.path.isdir(path):

@@ -1,0 +1,56 @@
+"""``VDResize``: change the virtual size of the top image."""
+
+from __future__ import annotations
+
+from ..container import Disk
+from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
+from ..progress import Progress, report
+from ..types import SECTOR, Geometry
+
+
+def _recompute(geometry: Geometry | None, size: int, limit: int | None) -> Geometry | None:
+    """Keep heads and sectors, derive the cylinders for the new size."""
+    if geometry is None or not geometry.is_set or not geometry.heads or not geometry.sectors:
+        return None
+    cylinders = size // SECTOR // geometry.heads // geometry.sectors
+    return Geometry(min(cylinders, limit) if limit else cylinders, geometry.heads,
+                    geometry.sectors)
+
+
+def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry | None = None,
+           progress: Progress | None = None) -> None:
+    """``VDResize(disk, size, pchs, lchs)``: resize the top image to ``size`` bytes.
+
+    Geometry given with cylinders 0 (or not given) is recomputed from the image's
+    current heads and sectors; a geometry the image does not store stays unset.
+    """
+    with disk.lock:
+        if not len(disk):
+            raise NotSupported("no image is opened")
+        image = disk.image(-1)
+        if image.read_only:
+            raise ReadOnly("the image is opened read-only", image.path)
+        if size <= 0 or size % SECTOR:
+            raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
+                              image.path)
+        old_pchs = _current(lambda: image.pchs)
+        old_lchs = _current(lambda: image.lchs)
+        image.resize(size, progress)
+        for current, given, limit, setter in ((old_pchs, pchs, 16383, disk.set_pchs),
+                                              (old_lchs, lchs, None, disk.set_lchs)):
+            new = given if given is not None and given.cylinders else _recompute(
+                given if given is not None and given.heads else current, size, limit)
+            if new is not None and new != current:
+                try:
+                    setter(-1, new)
+                except NotSupported:
+                    pass
+        disk._refresh_cache()
+        report(progress, 1, 1, "done")
+
+
+def _current(getter) -> Geometry | None:
+    try:
+        return getter()
+    except VDError:
+        return None
