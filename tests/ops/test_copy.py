@@ -140,3 +140,14 @@ def test_fixed_destination_receives_every_block(chain, tmp_path):
     with open_chain(out, OpenFlags.READONLY) as disk:
         assert disk[0].image_flags & ImageFlags.FIXED
         assert disk.read(0, disk.size) == model
+
+
+def test_copy_is_refused_up_front_when_space_is_short(chain, tmp_path, monkeypatch):
+    _, diff, _ = chain
+    from vdgui.engine.io import FileProvider
+    monkeypatch.setattr(FileProvider, "free_space", lambda self, path: 1 << 20)
+    out = tmp_path / "nospace.vdi"
+    with open_chain(diff, OpenFlags.READONLY) as src:
+        with pytest.raises(errors.DiskFull, match="nothing was changed"):
+            convert(src, out, "VDI")
+    assert not out.exists()

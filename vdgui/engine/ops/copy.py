@@ -17,6 +17,7 @@ from ..blockmap import zeros
 from ..container import Disk
 from ..errors import ImageNotFound, InvalidParameter, NotSupported, ReadOnly, VDError
 from ..progress import Progress, report
+from .preflight import ensure_space, held_bytes
 from ..types import (IMAGE_CONTENT_UNKNOWN, NIL_UUID, Capability, Geometry, ImageFlags,
                      OpenFlags, Status, fix_up_lchs, fix_up_pchs)
 
@@ -86,6 +87,9 @@ def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
     if path is not None:
         new_size = size or src_size
         backend = backend or src._slot(n).backend
+        needed = (min(new_size, src_size) if image_flags & ImageFlags.FIXED
+                  else held_bytes(src, n, length=new_size))
+        ensure_space(dst.io, os.fspath(path), needed, "the copy")
         if not len(dst):
             comment = _get(lambda: source.comment)
             pchs = fix_up_pchs(_get(lambda: source.pchs, Geometry()), new_size)

@@ -22,6 +22,7 @@ from ..errors import InvalidParameter, NotSupported
 from ..progress import Progress, report
 from ..sizes import align_down, align_up
 from ..types import OpenFlags
+from .preflight import ensure_space, held_bytes
 
 CHUNK = 16 << 20
 
@@ -40,6 +41,9 @@ def merge(disk: Disk, from_: int, to: int, progress: Progress | None = None) -> 
             raise NotSupported(f"the images merged are larger ({largest} bytes) than the "
                                f"target ({target.size} bytes); resize the target first",
                                target.path)
+        merged_top, merged_bottom = (t - 1, f) if f < t else (f, t + 1)
+        ensure_space(disk.io, target.path, held_bytes(disk, merged_top, merged_bottom),
+                     "the merge")
         top = len(disk) - 1
         was_read_only = {i: disk.image(i).read_only for i in range(len(disk))}
         child = f + 1 if f > t and f < top else None
@@ -49,8 +53,6 @@ def merge(disk: Disk, from_: int, to: int, progress: Progress | None = None) -> 
                 _writable(disk, index)
             below = f - 1 if f < t else t - 1
             source_top = t if f < t else f
-            merged_bottom = f if f < t else t + 1
-            merged_top = t - 1 if f < t else f
             _move_data(disk, t, source_top, merged_top, merged_bottom, below, progress)
         except BaseException:
             _restore(disk, was_read_only)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..container import Disk
 from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
 from ..progress import Progress, report
-from ..types import SECTOR, Geometry
+from ..types import SECTOR, Geometry, ImageFlags
+from .preflight import ensure_space
 
 
 def _recompute(geometry: Geometry | None, size: int, limit: int | None) -> Geometry | None:
@@ -33,6 +34,8 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
         if size <= 0 or size % SECTOR:
             raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
                               image.path)
+        if image.image_flags & ImageFlags.FIXED and size > image.size:
+            ensure_space(disk.io, image.path, size - image.size, "growing the fixed image")
         old_pchs = _current(lambda: image.pchs)
         old_lchs = _current(lambda: image.lchs)
         image.resize(size, progress)
