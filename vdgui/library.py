@@ -24,12 +24,12 @@ import tempfile
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
 import platformdirs
 
-from .engine import (Capability, Disk, DiskType, Geometry, ImageFlags, OpenFlags, VDError,
-                     backend_info, discover_chain)
+from .engine import (Capability, Disk, DiskType, Geometry, ImageFlags, OpenFlags, Progress,
+                     VDError, backend_info, discover_chain, probe)
 from .engine.errors import GeometryNotSet, NotSupported
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,6 @@ class ImageInfo:
     pchs: Geometry | None
     lchs: Geometry | None
     parent_filename: str | None
-    files: tuple[str, ...] = ()
 
     @property
     def is_diff(self) -> bool:
@@ -105,7 +104,10 @@ class ImageInfo:
         return self.uuid is not None
 
 
-def _optional(read: Callable[[], object]) -> object | None:
+T = TypeVar("T")
+
+
+def _optional(read: Callable[[], T]) -> T | None:
     """A property the format may not store: None instead of the engine's error."""
     try:
         return read()
@@ -113,13 +115,17 @@ def _optional(read: Callable[[], object]) -> object | None:
         return None
 
 
-def inspect(path: str, backend: str | None = None) -> ImageInfo:
+def inspect(path: str, backend: str | None = None,
+            disk_type: DiskType = DiskType.INVALID) -> ImageInfo:
     """Open ``path`` alone, read-only, and read its properties.
 
-    Raises :class:`~vdgui.engine.VDError` when the file is missing, unreadable,
-    damaged or not a disk image.
+    ``backend`` and ``disk_type`` None/INVALID are probed.  Raises
+    :class:`~vdgui.engine.VDError` when the file is missing, unreadable, damaged or
+    not a disk image.
     """
-    with Disk() as disk:
+    if backend is None or disk_type == DiskType.INVALID:
+        backend, disk_type = probe(path)
+    with Disk(disk_type) as disk:
         disk.open(path, backend, BROWSE_FLAGS)
         view = disk[0]
         info = backend_info(view.backend)
@@ -129,16 +135,15 @@ def inspect(path: str, backend: str | None = None) -> ImageInfo:
             file_size=view.file_size, allocated_size=view.allocated_size,
             version=view.version, image_flags=view.image_flags, open_flags=view.open_flags,
             variant=tuple(view.variant),
-            uuid=_optional(lambda: view.uuid),  # type: ignore[arg-type]
-            parent_uuid=_optional(lambda: view.parent_uuid),  # type: ignore[arg-type]
-            modification_uuid=_optional(lambda: view.modification_uuid),  # type: ignore[arg-type]
+            uuid=_optional(lambda: view.uuid),
+            parent_uuid=_optional(lambda: view.parent_uuid),
+            modification_uuid=_optional(lambda: view.modification_uuid),
             parent_modification_uuid=_optional(
-                lambda: view.parent_modification_uuid),  # type: ignore[arg-type]
-            comment=_optional(lambda: view.comment),  # type: ignore[arg-type]
-            pchs=_optional(lambda: view.pchs),  # type: ignore[arg-type]
-            lchs=_optional(lambda: view.lchs),  # type: ignore[arg-type]
+                lambda: view.parent_modification_uuid),
+            comment=_optional(lambda: view.comment),
+            pchs=_optional(lambda: view.pchs),
+            lchs=_optional(lambda: view.lchs),
             parent_filename=view.parent_filename,
-            files=tuple(disk.image(0).files),
         )
 
 
@@ -167,18 +172,9 @@ class Node:
         return os.path.basename(self.path)
 
     @property
-    def accessible(self) -> bool:
-        """True when the image itself could be read (its parent may still be missing)."""
-        return self.info is not None
-
-    @property
     def ok(self) -> bool:
+        """True when the image and its whole chain could be read."""
         return self.info is not None and self.error is None
-
-    @property
-    def row(self) -> int:
-        """Position among its siblings (the tree model's row)."""
-        return self.parent.children.index(self) if self.parent else -1
 
     def ancestors(self) -> list[Node]:
         """The chain below this image, base first (without the image itself)."""
@@ -217,26 +213,32 @@ class LibraryTree:
         return len(self.nodes)
 
 
-def scan(entries: Iterable[str], search_paths: Sequence[str] = ()) -> LibraryTree:
+def scan(entries: Iterable[str], search_paths: Sequence[str] = (),
+         progress: Progress | None = None) -> LibraryTree:
     """Discover the chain of every entry and read every image's properties.
 
-    Read-only; never raises for a bad file: the failure is recorded on its node.
-    Slow for long chains or many files, so the GUI runs it on a worker thread.
+    Read-only; never raises for a bad file: the failure is recorded on its node
+    (only :class:`~vdgui.engine.Cancelled`, through ``progress``, stops it).  Slow
+    for long chains or many files, so the GUI runs it on a worker thread.
     """
     tree = LibraryTree()
+    entries = list(entries)
 
-    def node_for(path: str, backend: str | None = None) -> Node:
+    def node_for(path: str, backend: str | None = None,
+                 disk_type: DiskType = DiskType.INVALID) -> Node:
         key = path_key(path)
         node = tree.nodes.get(key)
         if node is None:
             node = tree.nodes[key] = Node(os.path.abspath(path))
             try:
-                node.info = inspect(path, backend)
+                node.info = inspect(path, backend, disk_type)
             except VDError as exc:
                 node.error = exc
         return node
 
-    for entry in entries:
+    for done, entry in enumerate(entries):
+        if progress is not None:
+            progress.update(done, len(entries), f"reading {os.path.basename(entry)}")
         try:
             links = discover_chain(entry, search_paths)
         except VDError as exc:
@@ -249,7 +251,7 @@ def scan(entries: Iterable[str], search_paths: Sequence[str] = ()) -> LibraryTre
             continue
         previous: Node | None = None
         for link in links:
-            node = node_for(link.path, link.backend)
+            node = node_for(link.path, link.backend, link.disk_type)
             if previous is not None and node.parent is None and node is not previous:
                 node.parent = previous
                 previous.children.append(node)
@@ -263,6 +265,22 @@ def scan(entries: Iterable[str], search_paths: Sequence[str] = ()) -> LibraryTre
     for node in tree.nodes.values():
         node.children.sort(key=lambda n: (n.name.lower(), n.path))
     return tree
+
+
+def check_new_entry(path: str, search_paths: Sequence[str] = ()) -> VDError | None:
+    """Whether ``path`` can join the library.
+
+    None when its whole chain opens.  When the image is readable but its chain is
+    not (a missing parent), the problem is returned: the image can still be listed,
+    marked as broken.  When the file itself is unusable (missing, damaged, not a
+    disk image), the error is raised.
+    """
+    try:
+        discover_chain(path, search_paths)
+        return None
+    except VDError as exc:
+        inspect(path)
+        return exc
 
 
 # -- the persisted list ---------------------------------------------------------------
@@ -363,5 +381,6 @@ class Library:
             self.save()
         return removed
 
-    def scan(self, search_paths: Sequence[str] = ()) -> LibraryTree:
-        return scan(self.entries, search_paths)
+    def scan(self, search_paths: Sequence[str] = (),
+             progress: Progress | None = None) -> LibraryTree:
+        return scan(self.entries, search_paths, progress)

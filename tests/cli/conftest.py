@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
+from typing import Iterator
 
 import pytest
 
+from vdgui.cli import progress
 from vdgui.cli.main import main
 
 from .helpers import Result, Runner
@@ -26,3 +29,15 @@ def vdimg(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.Monkey
         return Result(rc, out, err.decode())
 
     return run
+
+
+@pytest.fixture
+def ctrl_c(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Ctrl-C is pressed when a progress bar is first drawn (run with --progress)."""
+
+    def press(self: progress.ProgressBar, done: int, total: int, stage: str) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(progress.ProgressBar, "__call__", press)
+    yield
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -55,9 +55,9 @@ def make_diff(parent: Path, path: Path, data: dict[int, bytes] | None = None) ->
     return path
 
 
-def content(path: Path) -> bytes:
+def content(path: Path, backend: str | None = None) -> bytes:
     """The whole virtual content of ``path``'s chain, read through the engine."""
-    with open_chain(path, OpenFlags.READONLY) as disk:
+    with open_chain(path, OpenFlags.READONLY, backend=backend) as disk:
         return disk.read(0, disk.size)
 
 

@@ -17,7 +17,7 @@ import vdgui
 from vdgui.cli.commands import info
 from vdgui.engine import Disk
 
-from .helpers import Runner, make_image
+from .helpers import Runner, content, make_diff, make_image
 
 
 def run_process(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -77,6 +77,37 @@ def test_process_corrupt_image_no_traceback(tmp_path: Path) -> None:
     assert_one_error_line(result.stderr, str(image))
     result = run_process("--debug", "info", image)
     assert result.returncode == 3 and b"Traceback" in result.stderr
+
+
+def test_process_convert_merge_compact_resize(tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.vdi", data={0: b"\x01" * 5000})
+    top = make_diff(base, tmp_path / "top.vdi", data={2 << 20: b"\x02" * 5000})
+    expected = content(top)
+    copy = tmp_path / "copy.qcow2"
+    result = run_process("convert", top, copy)
+    assert result.returncode == 0 and result.stderr == b""
+    assert content(copy) == expected
+    result = run_process("merge", top)
+    assert result.returncode == 0 and not top.exists()
+    assert content(base) == expected
+    assert run_process("compact", base).returncode == 0
+    assert run_process("resize", base, "+1M").returncode == 0
+    assert content(base) == expected + bytes(1 << 20)
+
+
+def test_process_operation_refusals_are_one_line(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "a.vdi", data={3 << 20: b"end"})
+    before = image.read_bytes()
+    result = run_process("resize", image, "-1M")
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, str(image), "--shrink")
+    result = run_process("resize", "--shrink", image, "-1M")
+    assert result.returncode == 3
+    assert_one_error_line(result.stderr, str(image), "offset")
+    result = run_process("merge", image)
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, str(image), "nothing to merge")
+    assert image.read_bytes() == before
 
 
 # -- in-process -----------------------------------------------------------------------

@@ -72,3 +72,13 @@ def test_operation_draws_and_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
         prog.update(1, 2, "half")
         prog.update(2, 2, "half")
     assert terminal.getvalue().endswith("\n") and "work (half)" in terminal.getvalue()
+
+
+def test_ctrl_c_after_the_work_is_done_is_ignored() -> None:
+    """The engine's last report ("done") comes once the work is complete: a Ctrl-C
+    then must not make a finished operation look cancelled."""
+    with progress.operation("x", False) as prog:
+        os.kill(os.getpid(), signal.SIGINT)
+        prog.update(1, 1, progress.DONE)
+        with pytest.raises(Cancelled):
+            prog.update(1, 1, "copying")

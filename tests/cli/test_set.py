@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from vdgui.engine import OpenFlags, open_chain
+from vdgui.engine.ops import identity
+
 from .helpers import Runner, content, make_diff, make_image, snapshot
 
 
@@ -127,3 +130,34 @@ def test_unsupported_geometry_changes_no_byte(vdimg: Runner, tmp_path: Path) -> 
     vdimg("set", "--comment", "x", "--pchs", "10/16/63", image).assert_error(
         3, str(image), "physical geometry")
     assert image.read_bytes() == before
+
+
+def test_uuid_goes_through_the_engine_operation(vdimg: Runner, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI and the GUI share ``identity.change_uuid``; other fields come first."""
+    base = make_image(tmp_path / "base.vdi")
+    child = make_diff(base, tmp_path / "child.vdi")
+    calls = []
+    original = identity.change_uuid
+
+    def spy(path: str, new_uuid: uuid.UUID, children: list[str]) -> uuid.UUID:
+        calls.append((path, new_uuid, list(children)))
+        assert record(vdimg, base)["comment"] == "renamed"
+        return original(path, new_uuid, children)
+
+    monkeypatch.setattr(identity, "change_uuid", spy)
+    wanted = uuid.uuid4()
+    result = vdimg("set", "--uuid", str(wanted), "--comment", "renamed", "--child", child, base)
+    assert result.rc == 0, result.err
+    assert calls == [(str(base), wanted, [str(child)])]
+    assert f"{base}: uuid: " in result.text and f"-> {wanted}" in result.text
+    assert record(vdimg, child)["parent_uuid"] == str(wanted)
+    assert content(child) == content(base)
+
+
+def test_uuid_of_image_in_use(vdimg: Runner, tmp_path: Path) -> None:
+    base = make_image(tmp_path / "base.vdi")
+    with open_chain(base, OpenFlags.NORMAL):
+        before = snapshot(base)
+        vdimg("set", "--uuid", "new", base).assert_error(3, str(base), "in use")
+        assert snapshot(base) == before

@@ -72,6 +72,24 @@ def size(text: str) -> int:
     return _convert(parse_size, text)
 
 
+@dataclass(frozen=True)
+class NewSize:
+    """SIZE of ``resize``: absolute, or ``+N``/``-N`` relative to the current size."""
+
+    amount: int
+    sign: int = 0  # 0 absolute, +1 grow by, -1 shrink by
+
+    def resolve(self, current: int) -> int:
+        return self.amount if not self.sign else current + self.sign * self.amount
+
+
+def new_size(text: str) -> NewSize:
+    """SIZE, ``+SIZE`` or ``-SIZE``."""
+    stripped = text.strip()
+    sign = {"+": 1, "-": -1}.get(stripped[:1], 0)
+    return NewSize(size(stripped[1:] if sign else stripped), sign)
+
+
 def uuid(text: str) -> uuidlib.UUID:
     return _convert(parse_uuid, text)
 

@@ -80,7 +80,7 @@ def _fail(message: str, status: int, debug: bool) -> int:
 
 def _subject(args: argparse.Namespace) -> str | None:
     """The file a command is mainly about, to name it in messages that lack one."""
-    for name in ("image", "image_a"):
+    for name in ("image", "image_a", "src"):
         if getattr(args, name, None):
             return str(getattr(args, name))
     return None

@@ -4,7 +4,9 @@ Long commands run their engine call inside :func:`operation`, which yields a
 :class:`vdgui.engine.Progress`.  While it runs, the first Ctrl-C only sets the
 progress's cancel token, so the engine stops at a safe point with
 :class:`~vdgui.engine.Cancelled` (a create removes its half-made file); a second
-Ctrl-C interrupts at once.  The bar is drawn only when asked for (see
+Ctrl-C interrupts at once.  A Ctrl-C that comes only when the engine reports
+its last step ("done") is ignored: the work is complete by then, and reporting it
+as cancelled would hide that it happened.  The bar is drawn only when asked for (see
 :func:`wanted`): redrawn in place on a terminal, one line per tenth otherwise.
 """
 
@@ -76,12 +78,25 @@ class ProgressBar:
             self._drawn = False
 
 
+#: The stage of the engine's last report, sent once an operation's work is complete.
+DONE = "done"
+
+
+class _Progress(Progress):
+    """A ``Progress`` whose final report cannot turn finished work into a cancel."""
+
+    def update(self, done: int, total: int, stage: str = "") -> None:
+        if stage == DONE and self.cancel_token.cancelled:
+            return
+        super().update(done, total, stage)
+
+
 @contextlib.contextmanager
 def operation(label: str, show: bool) -> Iterator[Progress]:
     """A cancellable operation with an optional progress bar."""
     bar = ProgressBar(label) if show else None
     token = CancelToken()
-    progress = Progress(bar, token)
+    progress = _Progress(bar, token)
     with _cancel_on_interrupt(token):
         try:
             yield progress

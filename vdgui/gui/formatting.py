@@ -6,6 +6,7 @@ import enum
 
 import humanize
 
+from ..engine import DiskType
 from ..library import ImageInfo
 
 #: Binary units, largest first, for exact size texts ("1.5 GiB").
@@ -17,9 +18,19 @@ _VARIANT_WORDS = {
     "fixed": "fixed size",
     "split2g": "split into files of less than 2 GB",
     "stream": "stream-optimized",
-    "esx": "ESX",
+    "esx": "ESX server layout (with fixed size)",
     "zero-expand": "zero-expanded",
     "rawdisk": "raw disk access",
+}
+
+_SHORT_WORDS = {
+    "standard": "Dynamic",
+    "fixed": "Fixed",
+    "split2g": "Split 2 GB",
+    "stream": "Stream-optimized",
+    "esx": "ESX",
+    "zero-expand": "Zero-expanded",
+    "rawdisk": "Raw disk",
 }
 
 
@@ -53,21 +64,28 @@ def variant_words(names: tuple[str, ...] | list[str]) -> str:
 
 
 def variant_text(info: ImageInfo) -> str:
-    """``Dynamically allocated, differencing``: what the Variant column shows."""
-    text = variant_words(info.variant)
+    """``Dynamic``, ``Fixed``, ``Differencing``: the short form the Variant column shows."""
+    names = [_SHORT_WORDS.get(name, name) for name in info.variant]
     if info.is_diff:
-        text += ", differencing"
-    return text[:1].upper() + text[1:]
+        # A differencing image always grows dynamically: say what matters.
+        names = ["Differencing"] + [n for n in names if n != _SHORT_WORDS["standard"]]
+    return ", ".join(names)
 
 
 def storage_text(info: ImageInfo) -> str:
     """The sentence VirtualBox's details pane shows ("Dynamically allocated storage")."""
-    return f"{variant_text(info)} storage"
+    text = variant_words(info.variant) + (", differencing" if info.is_diff else "")
+    return f"{text[:1].upper()}{text[1:]} storage"
+
+
+_MEDIUM = {DiskType.HDD: "hard disk", DiskType.DVD: "optical disc",
+           DiskType.FLOPPY: "floppy disk"}
 
 
 def type_text(info: ImageInfo) -> str:
+    """``Differencing image (hard disk)``."""
     kind = "Differencing image" if info.is_diff else "Base image"
-    return f"{kind} ({info.disk_type.name.lower().replace('hdd', 'hard disk')})"
+    return f"{kind} ({_MEDIUM.get(info.disk_type, 'unknown medium')})"
 
 
 def flag_names(value: enum.IntFlag) -> list[str]:

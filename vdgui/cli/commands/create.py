@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     disk_type = args.type or DiskType.HDD
     with operation(f"creating {args.image}", wanted(args) and bool(flags & ImageFlags.FIXED)) \
             as progress, Disk(disk_type) as disk:
-        _as_usage(lambda: disk.create_base(
+        as_usage(lambda: disk.create_base(
             args.image, size, info.name, flags, args.comment, args.pchs or Geometry(),
             args.lchs or Geometry(), args.uuid, config=dict(args.option),
             progress=progress))
@@ -85,7 +85,7 @@ def _create_diff(args: argparse.Namespace) -> int:
             open_chain(args.parent, OpenFlags.READONLY, args.search_path) as disk:
         info = backend_info(args.format) if args.format else _diff_format(disk, args.image)
         flags = image_flags(info, args.variant, args.image, diff=True)
-        _as_usage(lambda: disk.create_diff(
+        as_usage(lambda: disk.create_diff(
             args.image, info.name, flags, args.comment, args.uuid,
             config=dict(args.option), progress=progress))
         _report(disk)
@@ -126,8 +126,9 @@ def image_flags(info: BackendInfo, text: str | None, path: str,
     return flags
 
 
-def _as_usage(call: Callable[[], object]) -> None:
-    """Run an engine create; a parameter it refuses is the user's mistake (exit 2)."""
+def as_usage(call: Callable[[], object]) -> None:
+    """Run an engine call that creates an image (``create``, ``convert``); a parameter
+    it refuses is the user's mistake (exit 2)."""
     try:
         call()
     except (InvalidParameter, InvalidSize) as exc:
