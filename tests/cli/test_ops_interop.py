@@ -30,12 +30,7 @@ def _targets() -> list[pytest.param]:
         if {"fixed", "split2g"} <= set(variants):
             variants.append("fixed,split2g")
         for variant in variants:
-            marks = []
-            if name == "vhd":
-                marks.append(pytest.mark.xfail(
-                    reason="engine: ops.copy passes a physical geometry (16 heads, 63 "
-                           "sectors) that the VHD backend refuses", strict=True))
-            params.append(pytest.param(name, info.extensions[0][0], variant, marks=marks,
+            params.append(pytest.param(name, info.extensions[0][0], variant,
                                        id=f"{name}-{variant}"))
     return params
 

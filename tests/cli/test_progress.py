@@ -81,4 +81,4 @@ def test_ctrl_c_after_the_work_is_done_is_ignored() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         prog.update(1, 1, progress.DONE)
         with pytest.raises(Cancelled):
-            prog.update(1, 1, "copying")
+            prog.update(0, 1, "copying")

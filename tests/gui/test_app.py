@@ -36,7 +36,7 @@ def test_closing_the_window_while_a_job_runs(qtbot, window):
     def slow(progress):  # type: ignore[no-untyped-def]
         started.set()
         release.wait(5)
-        progress.update(1, 1)
+        progress.update(0, 1)  # an intermediate report: raises once cancelled
 
     # Through run_edit: the job's connections then refer back to the window.
     job = window.run_edit(Edit("Changing nothing slowly", "change nothing", slow))

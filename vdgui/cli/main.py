@@ -16,7 +16,7 @@ import traceback
 from typing import Iterator, Sequence
 
 import vdgui
-from vdgui.engine import Cancelled, VDError
+from vdgui.engine import Cancelled, ParentNotFound, VDError
 from vdgui.engine.errors import from_os_error
 
 from . import commands
@@ -58,6 +58,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except (Cancelled, KeyboardInterrupt):
         where = f"{subject}: " if subject else ""
         return _fail(f"{where}interrupted: the operation was cancelled", 3, debug)
+    except ParentNotFound as exc:
+        return _fail(f"{exc} (--search-path DIR)", 3, debug)
     except VDError as exc:
         return _fail(str(exc), 3, debug)
     except BrokenPipeError:

@@ -82,21 +82,12 @@ class ProgressBar:
 DONE = "done"
 
 
-class _Progress(Progress):
-    """A ``Progress`` whose final report cannot turn finished work into a cancel."""
-
-    def update(self, done: int, total: int, stage: str = "") -> None:
-        if stage == DONE and self.cancel_token.cancelled:
-            return
-        super().update(done, total, stage)
-
-
 @contextlib.contextmanager
 def operation(label: str, show: bool) -> Iterator[Progress]:
     """A cancellable operation with an optional progress bar."""
     bar = ProgressBar(label) if show else None
     token = CancelToken()
-    progress = _Progress(bar, token)
+    progress = Progress(bar, token)
     with _cancel_on_interrupt(token):
         try:
             yield progress

@@ -17,17 +17,21 @@ This package never imports Qt.
 from .chain import ChainLink, ParentNotFound, discover_chain, find_parent, open_chain
 from .container import Disk, ImageView, MapExtent
 from .errors import Cancelled, VDError
-from .formats.base import BackendInfo
+from .formats.base import METADATA_FIELDS, BackendInfo
+from .io import default_provider
+from .ops.identity import change_uuid
 from .progress import CancelToken, Progress
 from .registry import backend_info, backends, probe
 from .sizes import parse_size
 from .types import (LAST_IMAGE, NIL_UUID, Capability, ConfigKey, DiskType, Geometry,
-                    ImageFlags, OpenFlags, RepairFlags, Status, parse_variant, variant_names)
+                    ImageFlags, OpenFlags, RepairFlags, Status, parse_uuid, parse_variant,
+                    variant_names)
 
 __all__ = [
     "Disk", "ImageView", "MapExtent", "open_chain", "discover_chain", "find_parent",
     "ChainLink", "ParentNotFound", "probe", "backends", "backend_info", "BackendInfo",
     "VDError", "Cancelled", "Progress", "CancelToken", "parse_size", "LAST_IMAGE", "NIL_UUID",
     "Capability", "ConfigKey", "DiskType", "Geometry", "ImageFlags", "OpenFlags",
-    "RepairFlags", "Status", "parse_variant", "variant_names",
+    "RepairFlags", "Status", "parse_uuid", "parse_variant", "variant_names",
+    "METADATA_FIELDS", "default_provider", "change_uuid",
 ]

@@ -134,8 +134,8 @@ def find_parent(image: Image, search_paths: Sequence[str] = (),
     where = f"stored as {stored!r}, " if stored else ""
     ident = f"UUID {parent_uuid}" if parent_uuid else "no UUID"
     raise ParentNotFound(f"its parent image ({ident}, {where}looked for in the image's "
-                         f"folder and the search paths) was not found; give its folder "
-                         f"with --search-path", image.path)
+                         f"folder and the search paths) was not found; add the folder "
+                         f"that holds it to the search paths", image.path)
 
 
 def discover_chain(path: str | os.PathLike[str], search_paths: Sequence[str] = (),

@@ -115,6 +115,14 @@ class Disk:
     def _slot(self, n: int) -> _Slot:
         return self._slots[self._index(n)]
 
+    def _writable_slot(self, n: int) -> _Slot:
+        """Image ``n``'s slot, or ReadOnly saying why it cannot be changed."""
+        slot = self._slot(n)
+        if slot.image.read_only:
+            why = f" ({slot.read_only_reason})" if slot.read_only_reason else ""
+            raise ReadOnly(f"the image is opened read-only{why}", slot.image.path)
+        return slot
+
     def _top(self) -> _Slot:
         if not self._slots:
             raise NotOpened("no image is opened")
@@ -538,10 +546,7 @@ class Disk:
         view = memoryview(data).cast("B")
         with self.lock:
             self._check_range(offset, len(view), "a write")
-            slot = self._slots[-1]
-            if slot.image.read_only:
-                why = f" ({slot.read_only_reason})" if slot.read_only_reason else ""
-                raise ReadOnly(f"the image is opened read-only{why}", slot.image.path)
+            self._writable_slot(-1)
             if not view:
                 return
             if track_modification:
@@ -628,28 +633,26 @@ class Disk:
     def set_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetUuid``: None generates a fresh random UUID."""
         with self.lock:
-            self._slot(n).image.uuid = value or uuidlib.uuid4()
+            self._writable_slot(n).image.uuid = value or uuidlib.uuid4()
 
     def set_modification_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetModificationUuid``: None generates a fresh random UUID."""
         with self.lock:
-            self._slot(n).image.modification_uuid = value or uuidlib.uuid4()
+            self._writable_slot(n).image.modification_uuid = value or uuidlib.uuid4()
 
     def set_parent_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         """``VDSetParentUuid``.  None clears the link (VirtualBox invents a random one)."""
         with self.lock:
-            self._slot(n).image.parent_uuid = value or NIL_UUID
+            self._writable_slot(n).image.parent_uuid = value or NIL_UUID
 
     def set_parent_modification_uuid(self, n: int, value: uuidlib.UUID | None = None) -> None:
         with self.lock:
-            self._slot(n).image.parent_modification_uuid = value or NIL_UUID
+            self._writable_slot(n).image.parent_modification_uuid = value or NIL_UUID
 
     def set_comment(self, n: int, value: str | None) -> None:
         """``VDSetComment``: None clears the comment."""
         with self.lock:
-            slot = self._slot(n)
-            slot.image.check_writable()
-            slot.image.comment = value or ""
+            self._writable_slot(n).image.comment = value or ""
 
     def set_pchs(self, n: int, geometry: Geometry) -> None:
         """``VDSetPCHSGeometry``."""
@@ -659,7 +662,7 @@ class Disk:
             image = self._slots[index].image
             if _geometry_or_none(lambda: image.pchs) == geometry:
                 return
-            image.check_writable()
+            self._writable_slot(index)
             image.pchs = geometry
             if index == len(self._slots) - 1:
                 self._refresh_cache()
@@ -672,7 +675,7 @@ class Disk:
             image = self._slots[index].image
             if _geometry_or_none(lambda: image.lchs) == geometry:
                 return
-            image.check_writable()
+            self._writable_slot(index)
             image.lchs = geometry
             if index == len(self._slots) - 1:
                 self._refresh_cache()
@@ -801,6 +804,11 @@ class ImageView:
     @property
     def read_only(self) -> bool:
         return self._image.read_only
+
+    @property
+    def read_only_reason(self) -> str:
+        """Why a read/write open fell back to read-only ("" when it did not)."""
+        return self._disk._slot(self.index).read_only_reason
 
     @property
     def encrypted(self) -> bool:

@@ -50,12 +50,17 @@ class Progress:
         self._stage = ""
 
     def update(self, done: int, total: int, stage: str = "") -> None:
-        """Report ``done`` of ``total`` units; raises Cancelled when asked to stop."""
-        self.cancel_token.check()
+        """Report ``done`` of ``total`` units; raises Cancelled when asked to stop.
+
+        The final report (``done >= total``) never raises: the work is done, and a
+        cancel that arrives then must not make a finished operation look undone.
+        """
+        final = done >= total
+        if not final:
+            self.cancel_token.check()
         if self._callback is None:
             return
         now = time.monotonic()
-        final = done >= total
         if final or stage != self._stage or now - self._last >= self._interval:
             self._last = now
             self._stage = stage

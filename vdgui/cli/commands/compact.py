@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     with open_readonly(args) as disk:
         # A format that cannot compact is refused before the image is opened for
         # writing (and before a dry run promises anything).
-        compact._check(disk.image(LAST_IMAGE))
+        compact.check_compactable(disk.image(LAST_IMAGE))
         label = f"compacting {args.image}"
         if args.dry_run:
             with operation(label, wanted(args)) as progress:

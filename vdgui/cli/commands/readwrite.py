@@ -119,6 +119,7 @@ def _copy_in(source: BinaryIO, disk: Disk, image: str, offset: int, total: int |
                                    f"the first {done} bytes were written", image)
         disk.write(offset + done, buf[:n])
         done += n
+        progress.cancel_token.check()  # the total is unknown on a pipe: ask directly
         progress.update(done, total or done)
 
 

@@ -39,9 +39,18 @@ class BackendInfo:
     config_keys: tuple[ConfigKey, ...] = ()
     #: Image flags the backend accepts at creation.
     image_flags_mask: ImageFlags = ImageFlags.FIXED | ImageFlags.DIFF
+    #: The metadata fields the format stores (so a UI can offer only what exists):
+    #: a subset of :data:`METADATA_FIELDS`.
+    stores: frozenset[str] = frozenset()
 
     def has(self, cap: Capability) -> bool:
         return bool(self.capabilities & cap)
+
+
+#: Names used in :attr:`BackendInfo.stores`.
+METADATA_FIELDS = frozenset({"uuid", "modification_uuid", "parent_uuid",
+                             "parent_modification_uuid", "comment", "pchs", "lchs",
+                             "parent_path"})
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ class VdiImage(SingleFileImage):
                       ConfigKeyFlags.EXPERT | ConfigKeyFlags.CREATE_ONLY),
         ),
         image_flags_mask=ImageFlags.FIXED | ImageFlags.DIFF | ImageFlags.VDI_ZERO_EXPAND,
+        stores=frozenset({"uuid", "modification_uuid", "parent_uuid",
+                          "parent_modification_uuid", "comment", "lchs"}),
     )
 
     # -- probing and opening ---------------------------------------------------------
@@ -384,10 +386,13 @@ class VdiImage(SingleFileImage):
         keep = -(-size // bs)
         entries = self.table.entries
         beyond = np.flatnonzero(entries[keep:] < BLOCK_ZERO)
-        if self._type == TYPE_FIXED or beyond.size:
-            first = (keep + int(beyond[0])) * bs if beyond.size else keep * bs
+        if self._type == TYPE_FIXED:
+            raise ShrinkNotSupported("a fixed VDI image cannot be shrunk (convert it to a "
+                                     "dynamic one first)", self.path)
+        if beyond.size:
             raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
-                                     f"{first}); shrinking would lose it", self.path)
+                                     f"{(keep + int(beyond[0])) * bs}); shrinking would "
+                                     f"lose it", self.path)
         if size % bs and entries[keep - 1] < BLOCK_ZERO:
             tail = bytearray(min(keep * bs, self._disk_size) - size)
             self.map.read_into(size, memoryview(tail))
@@ -424,7 +429,11 @@ class VdiImage(SingleFileImage):
             allocated -= shift
         if fixed:
             start = self._data_offset + shift * slot + allocated * slot
-            self._reserve(start, (blocks - old_blocks) * slot, progress)
+            try:
+                self._reserve(start, (blocks - old_blocks) * slot, progress)
+            except BaseException:
+                self.storage.set_size(start)  # give back what was reserved
+                raise
             entries[old_blocks:] = np.arange(allocated, allocated + blocks - old_blocks,
                                              dtype=np.uint32)
             allocated += blocks - old_blocks

@@ -38,7 +38,8 @@ class CompactPlan:
         return self.same_as_below + self.zero
 
 
-def _check(image: Image) -> None:
+def check_compactable(image: Image) -> None:
+    """Refuse (NotSupported) an image whose format cannot be compacted."""
     if type(image).pack is Image.pack or type(image).unmap is Image.unmap:
         raise NotSupported(f"the {image.info.name} format cannot be compacted", image.path)
 
@@ -57,7 +58,7 @@ def compact(disk: Disk, n: int = LAST_IMAGE, progress: Progress | None = None,
         if dry_run:
             _release(disk, index, image, plan, progress, dry_run=True)
             return plan
-        _check(image)
+        check_compactable(image)
         if image.read_only and index == len(disk) - 1:
             raise ReadOnly("the image is opened read-only", image.path)
         flags = disk.open_flags(index)

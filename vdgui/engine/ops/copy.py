@@ -92,7 +92,10 @@ def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
         ensure_space(dst.io, os.fspath(path), needed, "the copy")
         if not len(dst):
             comment = _get(lambda: source.comment)
-            pchs = fix_up_pchs(_get(lambda: source.pchs, Geometry()), new_size)
+            # Geometry is carried only where the source stores one; otherwise the new
+            # image's format derives its own (VHD's follows from the size).
+            pchs = _get(lambda: source.pchs, Geometry())
+            pchs = fix_up_pchs(pchs, new_size) if pchs.is_set else Geometry()
             lchs = fix_up_lchs(_get(lambda: source.lchs, Geometry()), new_size)
             dst.create_base(path, new_size, backend, image_flags,
                             comment[:1023] if comment else None, pchs, lchs,

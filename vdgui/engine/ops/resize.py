@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ..blockmap import zeros
 from ..container import Disk
 from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
 from ..progress import Progress, report
+from ..sizes import align_up
 from ..types import SECTOR, Geometry, ImageFlags
 from .preflight import ensure_space
 
@@ -36,9 +38,11 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
                               image.path)
         if image.image_flags & ImageFlags.FIXED and size > image.size:
             ensure_space(disk.io, image.path, size - image.size, "growing the fixed image")
+        old_size = image.size
         old_pchs = _current(lambda: image.pchs)
         old_lchs = _current(lambda: image.lchs)
         image.resize(size, progress)
+        _hide_below(disk, old_size, size)
         for current, given, limit, setter in ((old_pchs, pchs, 16383, disk.set_pchs),
                                               (old_lchs, lchs, None, disk.set_lchs)):
             new = given if given is not None and given.cylinders else _recompute(
@@ -50,6 +54,28 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
                     pass
         disk._refresh_cache()
         report(progress, 1, 1, "done")
+
+
+def _hide_below(disk: Disk, old_size: int, size: int) -> None:
+    """A grown differencing image reads zeros in its new part, as qemu does, even
+    where an image below is larger and holds data there."""
+    top = len(disk) - 1
+    below = max((disk.image(i).size for i in range(top)), default=0)
+    end = min(size, below)
+    if end <= old_size:
+        return
+    image = disk.image(top)
+    if image.can_mark_zero:
+        unit = image.allocation_unit
+        first = align_up(old_size, unit)
+        if old_size < first:
+            disk.write_image(top, old_size, memoryview(zeros(min(first, end) - old_size)),
+                             top - 1)
+        if first < end:
+            image.unmap(first, align_up(end, unit) - first, zero=True)
+    else:
+        for pos in range(old_size, end, 16 << 20):
+            disk.write_image(top, pos, memoryview(zeros(min(16 << 20, end - pos))), top - 1)
 
 
 def _current(getter) -> Geometry | None:
