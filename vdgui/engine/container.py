@@ -20,11 +20,12 @@ from typing import Iterator, Mapping
 
 from . import registry
 from .blockmap import changed_units, fill_zero, runs_of, zero_units
-from .errors import (AccessDenied, GeometryNotSet, ImageInUse, ImageNotFound,
+from .errors import (AccessDenied, CacheAlreadyExists, CacheNotFound, CacheNotUpToDate,
+                     GeometryNotSet, ImageInUse, ImageNotFound,
                      InvalidParameter,
                      InvalidSize, InvalidState, InvalidType, NotOpened, NotSupported,
                      ReadOnly, UuidMismatch, VDError)
-from .formats.base import BackendInfo, CreateRequest, Image, ParentLink
+from .formats.base import BackendInfo, Cache, CacheRequest, CreateRequest, Image, ParentLink
 from .io import StorageProvider, default_provider
 from .progress import Progress, report
 from .sizes import align_down, align_up
@@ -84,6 +85,7 @@ class Disk:
         self._lchs = Geometry()
         self._first_write_pending = False
         self._modified = False
+        self._cache: Cache | None = None
 
     def __enter__(self) -> Disk:
         return self
@@ -432,12 +434,19 @@ class Disk:
                     self._modified = False
 
     def close_all(self) -> None:
-        """``VDCloseAll`` / ``VDDestroy``: close every image, top first.
+        """``VDCloseAll`` / ``VDDestroy``: close the cache, then every image, top first.
 
         Closing continues after a failure; the first error is raised at the end.
         """
         with self.lock:
             first_error: BaseException | None = None
+            if self._cache is not None:
+                cache, self._cache = self._cache, None
+                try:
+                    cache.close()
+                except Exception as exc:
+                    log.error("closing the cache %s failed: %s", cache.path, exc)
+                    first_error = exc
             while self._slots:
                 slot = self._slots.pop()
                 try:
@@ -450,6 +459,73 @@ class Disk:
                 raise first_error
 
     destroy = close_all
+
+    # -- the cache image --------------------------------------------------------------
+
+    @property
+    def cache(self) -> Cache | None:
+        """The attached cache image, if any."""
+        return self._cache
+
+    def create_cache(self, path: str | os.PathLike[str], max_size: int, backend: str = "VCI",
+                     comment: str | None = None, uuid: uuidlib.UUID | None = None,
+                     open_flags: OpenFlags = OpenFlags.NORMAL,
+                     config: Mapping[str, str] | None = None,
+                     progress: Progress | None = None) -> None:
+        """``VDCreateCache``: create a cache image and attach it."""
+        path = os.fspath(path)
+        with self.lock:
+            if self._cache is not None:
+                raise CacheAlreadyExists("the container already has a cache", path)
+            if max_size <= 0:
+                raise InvalidParameter("a cache needs a size larger than 0", path)
+            cls = registry.cache_class(backend)
+            request = CacheRequest(path, max_size, uuid or uuidlib.uuid4(), comment,
+                                   OpenFlags(open_flags), dict(config or {}), progress)
+            cache = cls.create(self.io, request)
+            if self._slots:
+                mod = _modification_uuid_or_none(self._slots[-1].image)
+                if mod is not None:
+                    cache.modification_uuid = mod
+            self._cache = cache
+
+    def open_cache(self, path: str | os.PathLike[str], backend: str | None = None,
+                   flags: OpenFlags = OpenFlags.NORMAL) -> None:
+        """``VDCacheOpen``: attach an existing cache made for the top image."""
+        path = os.fspath(path)
+        with self.lock:
+            if self._cache is not None:
+                raise CacheAlreadyExists("the container already has a cache", path)
+            cls = registry.cache_class(backend) if backend else registry.probe_cache(
+                path, self.io)
+            try:
+                cache = cls.open(self.io, path, flags)
+            except (AccessDenied, ImageInUse):
+                if flags & OpenFlags.READONLY:
+                    raise
+                cache = cls.open(self.io, path, flags | OpenFlags.READONLY)
+            if self._slots:
+                mod = _modification_uuid_or_none(self._slots[-1].image)
+                if mod is not None and cache.modification_uuid not in (mod, NIL_UUID):
+                    cache.close()
+                    raise CacheNotUpToDate("the cache was made for other content of the "
+                                           "disk (its modification UUID differs)", path)
+            self._cache = cache
+
+    def close_cache(self, delete: bool = False) -> None:
+        """``VDCacheClose``: detach the cache (and delete its file when asked)."""
+        with self.lock:
+            if self._cache is None:
+                raise CacheNotFound("the container has no cache")
+            cache, self._cache = self._cache, None
+            cache.close()
+            if delete:
+                cache.delete_files()
+
+    def cache_update(self, offset: int, length: int) -> None:
+        """Tell the cache a range changed by other means than :meth:`write`."""
+        if self._cache is not None:
+            self._cache.update(offset, None, length)
 
     # -- reading -------------------------------------------------------------------
 
@@ -468,11 +544,29 @@ class Disk:
         return bytes(buf)
 
     def read_into(self, offset: int, buf: memoryview | bytearray) -> None:
-        """``VDRead`` into a caller's buffer."""
+        """``VDRead`` into a caller's buffer (through the cache, when one is attached)."""
         view = memoryview(buf).cast("B")
         with self.lock:
             self._check_range(offset, len(view), "a read")
-            self.read_chain(offset, view, len(self._slots) - 1)
+            if self._cache is None:
+                self.read_chain(offset, view, len(self._slots) - 1)
+            else:
+                self._read_cached(offset, view)
+
+    def _read_cached(self, offset: int, view: memoryview) -> None:
+        cache = self._cache
+        assert cache is not None
+        pos, end = offset, offset + len(view)
+        while pos < end:
+            hit, run = cache.lookup(pos, end - pos)
+            part = view[pos - offset:pos - offset + run]
+            if hit:
+                cache.read_into(pos, part)
+            else:
+                self.read_chain(pos, part, len(self._slots) - 1)
+                if not cache.read_only:
+                    cache.store(pos, part)
+            pos += run
 
     def read_chain(self, offset: int, buf: memoryview, top: int, bottom: int = 0) -> None:
         """Read through images ``top`` down to ``bottom``; below them, zeros.
@@ -553,6 +647,8 @@ class Disk:
                 self._mark_modified()
             top = len(self._slots) - 1
             self.write_image(top, offset, view, top - 1)
+            if self._cache is not None:
+                self._cache.update(offset, view, len(view))
 
     def write_image(self, index: int, offset: int, data: memoryview, below: int) -> None:
         """The write path into image ``index``, with images ``below`` .. 0 beneath it.
@@ -614,10 +710,13 @@ class Disk:
         if not self._modified:
             return
         self._modified = False
+        new = uuidlib.uuid4()
         try:
-            self._slots[-1].image.modification_uuid = uuidlib.uuid4()
+            self._slots[-1].image.modification_uuid = new
         except NotSupported:
-            pass
+            return
+        if self._cache is not None and not self._cache.read_only:
+            self._cache.modification_uuid = new  # the cache stays paired with the top
 
     def flush(self) -> None:
         """``VDFlush``: write the top image's metadata and make it durable."""
@@ -627,6 +726,8 @@ class Disk:
                 return
             self._renew_modification_uuid()
             slot.image.flush()
+            if self._cache is not None and not self._cache.read_only:
+                self._cache.flush()
 
     # -- per-image getters and setters ---------------------------------------------
 

@@ -119,6 +119,18 @@ class Cancelled(VDError):
         super().__init__(message, path)
 
 
+class CacheAlreadyExists(VDError):
+    status = "VERR_VD_CACHE_ALREADY_EXISTS"
+
+
+class CacheNotFound(VDError):
+    status = "VERR_VD_CACHE_NOT_FOUND"
+
+
+class CacheNotUpToDate(VDError):
+    status = "VERR_VD_CACHE_NOT_UP_TO_DATE"
+
+
 class StorageError(VDError):
     """An I/O error from the host file system, translated to words."""
 

@@ -11,7 +11,7 @@ import os
 
 from .errors import (AccessDenied, FileNotFound, InvalidHeader, InvalidParameter,
                      NotSupported, VDError)
-from .formats.base import BackendInfo, Image
+from .formats.base import BackendInfo, Cache, Image
 from .formats.dmg import DmgImage
 from .formats.parallels import ParallelsImage
 from .formats.qcow import QcowImage
@@ -32,6 +32,37 @@ _BACKENDS: tuple[type[Image], ...] = (VmdkImage, VdiImage, VhdImage, ParallelsIm
 
 #: Other names people use for a format.
 ALIASES = {"vpc": "VHD", "img": "RAW", "iso": "RAW"}
+
+
+#: Cache image backends (``VDCreateCache`` / ``VDCacheOpen``), probed after images.
+_CACHE_BACKENDS: tuple[type[Cache], ...] = ()
+
+
+def cache_backends() -> list[BackendInfo]:
+    """The cache image backends."""
+    return [cls.info for cls in _CACHE_BACKENDS]
+
+
+def cache_class(name: str) -> type[Cache]:
+    """The cache backend called ``name`` (case-insensitive)."""
+    for cls in _CACHE_BACKENDS:
+        if cls.info.name.lower() == name.lower():
+            return cls
+    known = ", ".join(info.name.lower() for info in cache_backends()) or "none"
+    raise InvalidParameter(f"unknown cache format {name!r} (known: {known})")
+
+
+def probe_cache(path: str, io: StorageProvider | None = None) -> type[Cache]:
+    """The cache backend that recognises ``path``."""
+    io = io or default_provider()
+    for cls in _CACHE_BACKENDS:
+        try:
+            cls.probe(io, path)
+            return cls
+        except InvalidHeader:
+            continue
+    raise NotSupported("the file is not a cache image in any format this program knows",
+                       path)
 
 
 def backends() -> list[BackendInfo]:

@@ -451,3 +451,93 @@ def relative_parent_path(child_path: str, parent_path: str) -> str:
     if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
         return parent_abs
     return rel
+
+
+@dataclass
+class CacheRequest:
+    """Everything a cache backend needs to create a cache image (``VDCreateCache``)."""
+
+    path: str
+    max_size: int
+    uuid: uuidlib.UUID
+    comment: str | None = None
+    open_flags: OpenFlags = OpenFlags.NORMAL
+    config: Mapping[str, str] = field(default_factory=dict)
+    progress: Progress | None = None
+
+
+class Cache(abc.ABC):
+    """A cache image (VCI): copies of disk ranges, consulted before the chain.
+
+    The container asks :meth:`lookup` before reading the chain, fills the cache
+    with :meth:`store` after a miss, and tells it about every change of the
+    disk's content with :meth:`update`, so a cache never serves stale data.  A
+    cache may decline to store anything (full, read-only); it must never return
+    data it was not given.
+    """
+
+    info: ClassVar[BackendInfo]
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, io: StorageProvider, path: str) -> None:
+        """Raise InvalidHeader when ``path`` is not a cache of this format."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, io: StorageProvider, path: str, flags: OpenFlags) -> Cache:
+        """Open an existing cache image."""
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, io: StorageProvider, request: CacheRequest) -> Cache:
+        """Create a new cache image, returned opened read/write."""
+
+    path: str
+
+    @abc.abstractmethod
+    def lookup(self, offset: int, length: int) -> tuple[bool, int]:
+        """``(cached?, run)``: whether ``offset`` is cached, and for how many bytes
+        (at least 1, at most ``length``) that answer holds."""
+
+    @abc.abstractmethod
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """Read a range :meth:`lookup` reported cached."""
+
+    @abc.abstractmethod
+    def store(self, offset: int, data: memoryview) -> None:
+        """Keep a copy of disk content just read (may keep part of it, or none)."""
+
+    @abc.abstractmethod
+    def update(self, offset: int, data: memoryview | None, length: int) -> None:
+        """The disk's content of ``[offset, offset+length)`` changed to ``data``
+        (None: to something not given, e.g. discarded); update or forget it."""
+
+    @property
+    @abc.abstractmethod
+    def read_only(self) -> bool:
+        """True when opened read-only (it then stores nothing)."""
+
+    @property
+    @abc.abstractmethod
+    def modification_uuid(self) -> uuidlib.UUID:
+        """Pairs the cache with the top image's modification UUID."""
+
+    @modification_uuid.setter
+    @abc.abstractmethod
+    def modification_uuid(self, value: uuidlib.UUID) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def uuid(self) -> uuidlib.UUID: ...
+
+    @abc.abstractmethod
+    def flush(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def delete_files(self) -> None:
+        self.io.delete(self.path)
+
+    io: StorageProvider

@@ -39,6 +39,7 @@ def discard(disk: Disk, ranges: Iterable[tuple[int, int]],
             disk._check_range(offset, length, "a discard")
             with image.transaction():  # each range is discarded whole or not at all
                 _discard_range(disk, top, image, offset, length)
+            disk.cache_update(offset, length)
         image.pack(progress)
         report(progress, len(ranges), len(ranges), "done")
 

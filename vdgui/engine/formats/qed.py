@@ -1,0 +1,406 @@
+"""QED: the QEMU Enhanced Disk format (qemu's docs/interop/qed_spec).
+
+Little-endian.  Cluster 0 holds a 64-byte header and, directly after it, the
+backing file name; the L1 table and every L2 table are ``table_size`` clusters of
+u64 file offsets.  An L2 entry of 0 means "not allocated" (read the backing file,
+or zeros), 1 means "zero cluster" (reads as zeros and hides the backing file),
+anything else is the file offset of the data cluster.
+
+Writing follows qemu: new clusters are appended at the end of the file (data, then
+a new L2 table, then the L2 entry, then the L1 entry), and the "need check"
+feature bit is set and flushed before the first allocation of a session and
+cleared again on a clean close (or flush).  An image opened read/write with the
+bit still set is checked first: entries pointing outside the file or into
+metadata are cleared and what was fixed is logged.  Read-only opens never write.
+
+New images have 64 KiB clusters and 4-cluster tables by default (options
+``cluster_size`` and ``table_size``).  qemu 7.2 cannot open images with
+``table_size=1`` (its table-offset check rejects them), though the specification
+allows them and this backend reads and writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
+
+import numpy as np
+
+from ..blockmap import DATA, FREE, ZERO, BlockMap, unit_runs
+from ..errors import (Corrupted, InvalidHeader, InvalidParameter, InvalidSize, InvalidType,
+                      NotSupported, ShrinkNotSupported)
+from ..io import StorageProvider
+from ..layout import Layout
+from ..progress import Progress
+from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, DiskType,
+                     ImageFlags, OpenFlags, Status)
+from ._twolevel import Region, TwoLevelTable
+from .base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
+                   relative_parent_path, validate_config)
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0x00444551  # "QED\0"
+
+FEATURE_BACKING_FILE = 0x1
+FEATURE_NEED_CHECK = 0x2
+FEATURE_BACKING_RAW = 0x4  # the backing file is raw: do not probe it
+KNOWN_FEATURES = FEATURE_BACKING_FILE | FEATURE_NEED_CHECK | FEATURE_BACKING_RAW
+
+ENTRY_ZERO = 1  # L2 value of a zero cluster
+
+MIN_CLUSTER = 4 << 10
+MAX_CLUSTER = 64 << 20
+MAX_TABLE_SIZE = 16
+DEFAULT_CLUSTER = 64 << 10
+DEFAULT_TABLE_SIZE = 4
+MAX_NAME = 4095  # qemu reads backing names into a PATH_MAX buffer
+
+HEADER = Layout("QED header", "<", [
+    ("magic", "I"), ("cluster_size", "I"), ("table_size", "I"), ("header_size", "I"),
+    ("features", "Q"), ("compat_features", "Q"), ("autoclear_features", "Q"),
+    ("l1_table_offset", "Q"), ("image_size", "Q"),
+    ("backing_filename_offset", "I"), ("backing_filename_size", "I")])
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and not value & (value - 1)
+
+
+def _backing(path: str, link: ParentLink | None, room: int) -> tuple[int, bytes]:
+    """Feature bits and stored name for a backing file (``room``: bytes free after the
+    header in the header area)."""
+    if link is None:
+        return 0, b""
+    name = os.fsencode(relative_parent_path(path, link.path))
+    if len(name) > room:
+        raise InvalidParameter(f"the backing file name is longer than the QED header area "
+                               f"can hold ({room} bytes)", path)
+    raw = FEATURE_BACKING_RAW if link.format.upper() == "RAW" else 0
+    return FEATURE_BACKING_FILE | raw, name
+
+
+def _decode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    states = np.where(raw == 0, FREE, np.where(raw == ENTRY_ZERO, ZERO, DATA)).astype(np.uint8)
+    return states, raw.astype(np.int64)
+
+
+class QedImage(SingleFileImage):
+    """An opened QED image."""
+
+    info = BackendInfo(
+        name="QED",
+        description="QEMU Enhanced Disk",
+        capabilities=(Capability.CREATE_DYNAMIC | Capability.DIFF | Capability.FILE
+                      | Capability.ASYNC | Capability.VFS),
+        extensions=(("qed", DiskType.HDD),),
+        variants=("standard",),
+        config_keys=(
+            ConfigKey("cluster_size", str(DEFAULT_CLUSTER), ConfigValueType.INTEGER,
+                      ConfigKeyFlags.CREATE_ONLY),
+            ConfigKey("table_size", str(DEFAULT_TABLE_SIZE), ConfigValueType.INTEGER,
+                      ConfigKeyFlags.CREATE_ONLY),
+        ),
+        image_flags_mask=ImageFlags.DIFF,
+    )
+
+    # -- probing and opening ---------------------------------------------------------
+
+    @classmethod
+    def probe(cls, io: StorageProvider, path: str, disk_type: DiskType) -> DiskType:
+        with io.open(path) as storage:
+            cls._parse_header(storage.read_at(0, HEADER.size), storage.size(), path)
+        if disk_type not in (DiskType.INVALID, DiskType.HDD):
+            raise InvalidType("QED images are hard disks", path)
+        return DiskType.HDD
+
+    @staticmethod
+    def _parse_header(raw: bytes, file_size: int, path: str) -> dict:
+        """The header's fields, validated as qemu validates them."""
+        if len(raw) < 4 or int.from_bytes(raw[:4], "little") != MAGIC:
+            raise InvalidHeader("not a QED image (no QED magic)", path)
+        h = HEADER.unpack(raw, 0, path)
+        cs, ts = h["cluster_size"], h["table_size"]
+        if not _power_of_two(cs) or not MIN_CLUSTER <= cs <= MAX_CLUSTER:
+            raise Corrupted(f"the QED cluster size {cs} is not a power of two between "
+                            f"4 KiB and 64 MiB", path)
+        if not _power_of_two(ts) or ts > MAX_TABLE_SIZE:
+            raise Corrupted(f"the QED table size {ts} is not a power of two between 1 and "
+                            f"{MAX_TABLE_SIZE} clusters", path)
+        unknown = h["features"] & ~KNOWN_FEATURES
+        if unknown:
+            raise NotSupported(f"the image uses QED features this program does not know "
+                               f"({unknown:#x})", path)
+        header_bytes = h["header_size"] * cs
+        if h["header_size"] == 0 or header_bytes > 0xFFFFFFFF:
+            raise Corrupted(f"the QED header size of {h['header_size']} clusters is invalid",
+                            path)
+        entries = ts * cs // 8
+        size = h["image_size"]
+        if size % SECTOR or size > entries * entries * cs:
+            raise Corrupted(f"the QED image size {size} is not a multiple of 512 or larger "
+                            f"than {ts}-cluster tables of {cs}-byte clusters can map", path)
+        l1 = h["l1_table_offset"]
+        if l1 % cs or l1 < header_bytes or l1 + ts * cs > file_size:
+            raise Corrupted(f"the QED L1 table offset {l1:#x} is not cluster aligned, "
+                            f"overlaps the header or lies beyond the end of the file", path)
+        if h["features"] & FEATURE_BACKING_FILE:
+            start, length = h["backing_filename_offset"], h["backing_filename_size"]
+            if not 0 < length <= MAX_NAME or start < HEADER.size \
+                    or start + length > min(header_bytes, file_size):
+                raise Corrupted(f"the QED backing file name ({length} bytes at {start:#x}) is "
+                                f"empty, too long or outside the header area", path)
+        return h
+
+    @classmethod
+    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
+             disk_type: DiskType = DiskType.HDD,
+             config: Mapping[str, str] | None = None) -> QedImage:
+        if disk_type not in (DiskType.INVALID, DiskType.HDD):
+            raise InvalidType("QED images are hard disks", path)
+        image = cls(io, path, flags)
+        try:
+            image._load()
+        except BaseException:
+            image.storage.close()
+            raise
+        return image
+
+    def _load(self) -> None:
+        storage, path = self.storage, self.path
+        h = self._h = self._parse_header(storage.read_at(0, HEADER.size), storage.size(), path)
+        self._cluster = cs = h["cluster_size"]
+        self._entries = h["table_size"] * cs // 8
+        self._backing: str | None = None
+        if h["features"] & FEATURE_BACKING_FILE:
+            raw = storage.read_exact(h["backing_filename_offset"], h["backing_filename_size"],
+                                     "QED backing file name")
+            self._backing = os.fsdecode(raw)
+        self._map_tables()
+        if h["features"] & FEATURE_NEED_CHECK and self.read_only:
+            log.info("%s was not closed cleanly (QED need-check flag set); reading it "
+                     "without repairing it", path)
+        if not self.read_only:
+            self._start_writing()
+
+    def _map_tables(self) -> None:
+        """Load the L1 entries that cover the disk and set up the block map."""
+        h, cs = self._h, self._cluster
+        l1 = h["l1_table_offset"]
+        self.tables = TwoLevelTable(
+            self.storage, cluster_size=cs, l2_entries=self._entries, dtype="<u8",
+            l1_offset=l1, l1_count=-(-h["image_size"] // (self._entries * cs)),
+            reserved=(Region(0, h["header_size"] * cs, "header"),
+                      Region(l1, l1 + h["table_size"] * cs, "L1 table")),
+            table_align=cs, data_align=cs, decode=_decode)
+        self.map = BlockMap(self.storage, cs, h["image_size"], self.tables.lookup)
+
+    def _start_writing(self) -> None:
+        """Make a newly writable image consistent before anything is written."""
+        h = self._h
+        if h["autoclear_features"]:
+            # No autoclear feature is defined: whatever set them is no longer in charge.
+            h["autoclear_features"] = 0
+            self._write_header()
+            self.storage.flush()
+        if h["features"] & FEATURE_NEED_CHECK:
+            self._repair()
+
+    def _repair(self) -> None:
+        """qemu's open-time check: clear entries that point outside the file or into
+        metadata, then clear the need-check flag if nothing unfixable remains."""
+        report = self.tables.scan(fix=True)
+        if report.fixable or report.shared_clusters:
+            log.warning("%s was not closed cleanly; the consistency check found: %s",
+                        self.path, "; ".join(report.lines()))
+        else:
+            log.info("%s was not closed cleanly; the consistency check found no problems",
+                     self.path)
+        self.storage.flush()
+        if not report.shared_clusters:
+            self._h["features"] &= ~FEATURE_NEED_CHECK
+            self._write_header()
+            self.storage.flush()
+
+    # -- header ----------------------------------------------------------------------
+
+    def _write_header(self) -> None:
+        self.check_writable()
+        self.storage.write_at(0, HEADER.pack(self._h))
+
+    def _begin_update(self) -> None:
+        """Set and flush need-check before the first metadata change of a session."""
+        if not self._h["features"] & FEATURE_NEED_CHECK:
+            self._h["features"] |= FEATURE_NEED_CHECK
+            self._write_header()
+            self.storage.flush()
+
+    def _end_update(self) -> None:
+        """Everything is on disk: the image is consistent again."""
+        self.storage.flush()
+        if self._h["features"] & FEATURE_NEED_CHECK:
+            self._h["features"] &= ~FEATURE_NEED_CHECK
+            self._write_header()
+            self.storage.flush()
+
+    # -- content ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._h["image_size"]
+
+    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
+        return self.map.block_status(offset, length)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self.map.read_into(offset, buf)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self.check_writable()
+        self.map.write(offset, data)
+
+    @property
+    def allocation_unit(self) -> int:
+        return self._cluster
+
+    def write_blocks(self, offset: int, data: memoryview) -> None:
+        """Append the clusters (all-zero ones become zero clusters unless HONOR_ZEROES)."""
+        self.check_writable()
+        self._begin_update()
+        cs = self._cluster
+        first = offset // cs
+        detect_zero = not self.open_flags & OpenFlags.HONOR_ZEROES
+        for start, count, zero in unit_runs(data, cs, detect_zero):
+            if zero:
+                values = np.full(count, ENTRY_ZERO, dtype=np.uint64)
+            else:
+                at = self.tables.append(data[start * cs:(start + count) * cs], count * cs)
+                values = at + np.arange(count, dtype=np.uint64) * np.uint64(cs)
+            self.tables.set_entries(first + start, values)
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow the disk up to what the L1 table can map (the table never moves)."""
+        self.check_writable()
+        h, cs = self._h, self._cluster
+        if size < h["image_size"]:
+            raise ShrinkNotSupported("QED images can only grow", self.path)
+        limit = self._entries * self._entries * cs
+        if size % SECTOR or size > limit:
+            raise InvalidSize(f"this QED image holds at most {limit} bytes (asked for "
+                              f"{size})", self.path)
+        if size == h["image_size"]:
+            return
+        self.storage.flush()
+        h["image_size"] = size
+        self._write_header()
+        self.storage.flush()
+        self._map_tables()
+
+    # -- metadata --------------------------------------------------------------------
+
+    @property
+    def image_flags(self) -> ImageFlags:
+        return ImageFlags.DIFF if self._backing is not None else ImageFlags.NONE
+
+    @property
+    def parent_filename(self) -> str | None:
+        return self._backing
+
+    @property
+    def parent_format(self) -> str | None:
+        if self._backing is not None and self._h["features"] & FEATURE_BACKING_RAW:
+            return "RAW"
+        return None
+
+    def set_parent(self, link: ParentLink | None) -> None:
+        """Record a new backing file (merge, rebase), or none."""
+        self.check_writable()
+        h = self._h
+        bits, name = _backing(self.path, link, h["header_size"] * self._cluster - HEADER.size)
+        h["features"] = h["features"] & ~(FEATURE_BACKING_FILE | FEATURE_BACKING_RAW) | bits
+        h["backing_filename_offset"] = HEADER.size if name else 0
+        h["backing_filename_size"] = len(name)
+        with self.transaction():  # name and header change together or not at all
+            self.storage.write_at(0, HEADER.pack(h) + name)
+        self._backing = os.fsdecode(name) if name else None
+
+    def describe(self) -> list[tuple[str, str]]:
+        h = self._h
+        names = [name for bit, name in ((FEATURE_BACKING_FILE, "backing file"),
+                                        (FEATURE_NEED_CHECK, "need check"),
+                                        (FEATURE_BACKING_RAW, "backing format raw"))
+                 if h["features"] & bit]
+        tables = list(self.tables.tables())
+        return [
+            ("cluster size", str(h["cluster_size"])),
+            ("table size", f"{h['table_size']} clusters ({self._entries} entries)"),
+            ("header size", f"{h['header_size']} clusters"),
+            ("features", f"{h['features']:#x} ({', '.join(names) or 'none'})"),
+            ("compatible features", f"{h['compat_features']:#x}"),
+            ("autoclear features", f"{h['autoclear_features']:#x}"),
+            ("L1 table offset", f"{h['l1_table_offset']:#x}"),
+            ("L1 entries used", str(len(self.tables.l1))),
+            ("L2 tables", str(len(tables))),
+            ("image size", str(h["image_size"])),
+            ("backing file", repr(self._backing) if self._backing is not None else "none"),
+        ]
+
+    # -- lifetime --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if self.storage.writable:
+            self._end_update()
+
+    def close(self) -> None:
+        try:
+            if self.storage.writable:
+                self._end_update()
+        finally:
+            super().close()
+
+    def set_open_flags(self, flags: OpenFlags) -> None:
+        was_writable = self.storage.writable
+        super().set_open_flags(flags)
+        if self.storage.writable and not was_writable:
+            try:
+                self._start_writing()
+            except BaseException:
+                super().set_open_flags(flags | OpenFlags.READONLY)
+                raise
+
+    # -- creation --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, io: StorageProvider, request: CreateRequest) -> QedImage:
+        path, size = request.path, request.size
+        validate_config(cls.info, request.config, path)
+        if request.image_flags & ImageFlags.FIXED:
+            raise InvalidType("QED images are always dynamically allocated", path)
+        cs = config_int(request.config, "cluster_size", DEFAULT_CLUSTER, path)
+        ts = config_int(request.config, "table_size", DEFAULT_TABLE_SIZE, path)
+        if not _power_of_two(cs) or not MIN_CLUSTER <= cs <= MAX_CLUSTER:
+            raise InvalidParameter(f"cluster_size {cs} must be a power of two between "
+                                   f"4 KiB and 64 MiB", path)
+        if not _power_of_two(ts) or ts > MAX_TABLE_SIZE:
+            raise InvalidParameter(f"table_size {ts} must be a power of two between 1 and "
+                                   f"{MAX_TABLE_SIZE}", path)
+        entries = ts * cs // 8
+        if size % SECTOR or size > entries * entries * cs:
+            raise InvalidSize(f"a QED image with {cs}-byte clusters and {ts}-cluster tables "
+                              f"holds at most {entries * entries * cs} bytes (asked for "
+                              f"{size})", path)
+        features, name = _backing(path, request.parent, cs - HEADER.size)
+        header = HEADER.pack(dict(
+            magic=MAGIC, cluster_size=cs, table_size=ts, header_size=1, features=features,
+            compat_features=0, autoclear_features=0, l1_table_offset=cs, image_size=size,
+            backing_filename_offset=HEADER.size if name else 0,
+            backing_filename_size=len(name)))
+        storage = io.open(path, create=True)
+        try:
+            storage.write_at(0, header + name)
+            storage.set_size(cs + ts * cs)  # header cluster and an empty L1 table
+            storage.flush()
+        finally:
+            storage.close()
+        return cls.open(io, path, request.open_flags & ~OpenFlags.READONLY)
