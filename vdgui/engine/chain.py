@@ -67,13 +67,14 @@ def _candidates(child: str, stored: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _inspect(path: str, io: StorageProvider, backend: str | None = None) -> tuple[Image, str]:
+def _inspect(path: str, io: StorageProvider, backend: str | None = None,
+             config: Mapping[str, str] | None = None) -> tuple[Image, str]:
     if backend is None:
         backend, disk_type = registry.probe(path, DiskType.INVALID, io)
     else:
         disk_type = DiskType.INVALID
     cls = registry.backend_class(backend)
-    return cls.open(io, path, _INSPECT, disk_type), cls.info.name
+    return cls.open(io, path, _INSPECT, disk_type, config), cls.info.name
 
 
 class UuidIndex:
@@ -139,8 +140,8 @@ def find_parent(image: Image, search_paths: Sequence[str] = (),
 
 
 def discover_chain(path: str | os.PathLike[str], search_paths: Sequence[str] = (),
-                   backend: str | None = None,
-                   io: StorageProvider | None = None) -> list[ChainLink]:
+                   backend: str | None = None, io: StorageProvider | None = None,
+                   config: Mapping[str, str] | None = None) -> list[ChainLink]:
     """Every image of the chain ending in ``path``, base first.  Opens nothing for write."""
     io = io or default_provider()
     path = os.fspath(path)
@@ -156,13 +157,13 @@ def discover_chain(path: str | os.PathLike[str], search_paths: Sequence[str] = (
             raise Corrupted("the chain of parent images loops back on itself (or is deeper "
                             f"than {MAX_CHAIN_DEPTH} images)", path)
         seen_paths.add(real)
-        image, name = _inspect(current, io, current_backend)
+        image, name = _inspect(current, io, current_backend, config)
         try:
             try:
                 own = image.uuid
             except NotSupported:
                 own = None
-            if own is not None:
+            if own is not None and own != NIL_UUID:
                 if own in seen_uuids:
                     raise Corrupted(f"the chain of parent images loops back on itself (UUID "
                                     f"{own} appears twice)", path)
@@ -188,7 +189,7 @@ def open_chain(path: str | os.PathLike[str], flags: OpenFlags = OpenFlags.NORMAL
     given to every image's backend.
     """
     io = io or default_provider()
-    links = discover_chain(path, search_paths, backend, io)
+    links = discover_chain(path, search_paths, backend, io, config)
     disk = Disk(links[-1].disk_type if links[-1].disk_type != DiskType.INVALID
                 else DiskType.HDD, io)
     try:

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Iterator
 
-from ..errors import AlreadyExists, ImageInUse, from_os_error
+from ..errors import AlreadyExists, Corrupted, ImageInUse, from_os_error
 from .base import Storage, StorageProvider
 
 # QEMU's file-posix driver locks single bytes to announce what an open image does:
@@ -67,6 +67,9 @@ class FileStorage(Storage):
                 n = os.preadv(self._fd, [buf[total:]], offset + total)
             except OSError as exc:
                 raise from_os_error(exc, self.path, "reading failed") from exc
+            except OverflowError:
+                raise Corrupted(f"an offset of {offset} is beyond any file",
+                                self.path) from None
             if n == 0:
                 break
             total += n
@@ -79,6 +82,9 @@ class FileStorage(Storage):
                 done += os.pwrite(self._fd, data[done:], offset + done)
             except OSError as exc:
                 raise from_os_error(exc, self.path, "writing failed") from exc
+            except OverflowError:
+                raise Corrupted(f"an offset of {offset} is beyond any file",
+                                self.path) from None
 
     def _size(self) -> int:
         return os.fstat(self._fd).st_size
