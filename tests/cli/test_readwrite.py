@@ -168,3 +168,17 @@ def test_ctrl_c_during_write(vdimg: Runner, tmp_path: Path, small_chunks: int,
     assert reads < 8  # stopped soon, not at the end of the disk
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert vdimg("read", image, "0", "1").rc == 0  # the image is still usable
+
+
+def test_image_option_reaches_the_format(vdimg: Runner, tmp_path: Path) -> None:
+    """A VMDK whose extent lies outside its folder opens only when allowed."""
+    folder = tmp_path / "vm"
+    folder.mkdir()
+    assert vdimg("create", "-v", "fixed", folder / "d.vmdk", "1M").rc == 0
+    (folder / "d-flat.vmdk").rename(tmp_path / "d-flat.vmdk")
+    descriptor = (folder / "d.vmdk").read_text()
+    (folder / "d.vmdk").write_text(descriptor.replace('"d-flat.vmdk"', '"../d-flat.vmdk"'))
+    vdimg("read", folder / "d.vmdk", "0", "16").assert_error(3, "d.vmdk")
+    result = vdimg("read", "--image-option", "AllowExternalExtents=1", folder / "d.vmdk",
+                   "0", "16")
+    assert result.rc == 0

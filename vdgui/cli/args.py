@@ -50,6 +50,10 @@ def make_parents() -> Parents:
     image.add_argument("-f", "--format", metavar="FMT", type=format_name,
                        help="the image's format (default: probed; for a new image, "
                             "from its extension)")
+    image.add_argument("--image-option", metavar="KEY=VALUE", action="append", default=[],
+                       type=key_value, help="per-image option for the format when opening "
+                                            "(e.g. AllowExternalExtents=1 for VMDK); "
+                                            "repeatable")
     return Parents(base, image)
 
 

@@ -15,12 +15,18 @@ import argparse
 from vdgui.engine import LAST_IMAGE, Disk, DiskType, OpenFlags, open_chain, probe
 
 
+def image_config(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--image-option KEY=VALUE`` settings, for every image opened."""
+    return dict(getattr(args, "image_option", None) or [])
+
+
 def open_readonly(args: argparse.Namespace, path: str | None = None,
                   backend: str | None = None) -> Disk:
     """The chain ending in ``path`` (default ``args.image``), every image read-only."""
     if path is None:
         path, backend = args.image, args.format
-    return open_chain(path, OpenFlags.READONLY, args.search_path, backend)
+    return open_chain(path, OpenFlags.READONLY, args.search_path, backend,
+                      config=image_config(args))
 
 
 def open_single(path: str, backend: str | None = None) -> Disk:

@@ -21,6 +21,7 @@ from vdgui.engine.sizes import align_up
 from vdgui.engine.types import SECTOR
 
 from .. import args as types
+from ..images import image_config
 from ..args import Parents, UsageError
 from ..output import human_size
 from ..progress import operation, wanted
@@ -82,7 +83,8 @@ def _create_diff(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(misplaced)} cannot be given for a differencing image "
                          f"({args.image} takes its size and geometry from {args.parent})")
     with operation(f"creating {args.image}", False) as progress, \
-            open_chain(args.parent, OpenFlags.READONLY, args.search_path) as disk:
+            open_chain(args.parent, OpenFlags.READONLY, args.search_path,
+                       config=image_config(args)) as disk:
         info = backend_info(args.format) if args.format else _diff_format(disk, args.image)
         flags = image_flags(info, args.variant, args.image, diff=True)
         as_usage(lambda: disk.create_diff(

@@ -15,7 +15,7 @@ from vdgui.engine.ops import discard
 
 from .. import args as types
 from ..args import Parents, UsageError
-from ..images import make_writable
+from ..images import image_config, make_writable
 from ..output import human_size
 from ..progress import operation, wanted
 
@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     flags = OpenFlags.READONLY | OpenFlags.DISCARD
-    with open_chain(args.image, flags, args.search_path, args.format) as disk:
+    with open_chain(args.image, flags, args.search_path, args.format,
+                    config=image_config(args)) as disk:
         if args.offset + args.length > disk.size:
             raise UsageError(f"{args.image}: discarding {args.length} bytes at offset "
                              f"{args.offset} would go past the end of the virtual disk "
