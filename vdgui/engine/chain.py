@@ -69,6 +69,8 @@ def _candidates(child: str, stored: str) -> list[str]:
 
 def _inspect(path: str, io: StorageProvider, backend: str | None = None,
              config: Mapping[str, str] | None = None) -> tuple[Image, str]:
+    if backend is not None and not registry.is_known(backend):
+        backend = None  # a stored format we have no backend for (qemu's "file"): probe
     if backend is None:
         backend, disk_type = registry.probe(path, DiskType.INVALID, io)
     else:

@@ -80,6 +80,12 @@ def backend_class(name: str) -> type[Image]:
     raise InvalidParameter(f"unknown format {name!r} (known formats: {known})")
 
 
+def is_known(name: str) -> bool:
+    """True when a backend (or alias) of that name exists."""
+    wanted = ALIASES.get(name.lower(), name).lower()
+    return any(cls.info.name.lower() == wanted for cls in _BACKENDS)
+
+
 def backend_info(name: str) -> BackendInfo:
     """``VDBackendInfoOne``."""
     return backend_class(name).info
