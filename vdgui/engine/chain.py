@@ -44,14 +44,16 @@ class ChainLink:
     disk_type: DiskType
 
 
-def _parent_reference(image: Image) -> tuple[uuidlib.UUID | None, str | None]:
+def _optional_uuid(get) -> uuidlib.UUID | None:
     try:
-        parent_uuid = image.parent_uuid
+        value = get()
     except NotSupported:
-        parent_uuid = None
-    if parent_uuid == NIL_UUID:
-        parent_uuid = None
-    return parent_uuid, image.parent_filename
+        return None
+    return None if value == NIL_UUID else value
+
+
+def _parent_reference(image: Image) -> tuple[uuidlib.UUID | None, str | None]:
+    return _optional_uuid(lambda: image.parent_uuid), image.parent_filename
 
 
 def _candidates(child: str, stored: str) -> list[str]:
@@ -85,30 +87,35 @@ class UuidIndex:
     def __init__(self, io: StorageProvider, folders: Iterable[str]) -> None:
         self.io = io
         self.folders = list(dict.fromkeys(os.path.abspath(f) for f in folders))
-        self._known: dict[str, uuidlib.UUID | None] = {}
+        self._known: dict[str, tuple[uuidlib.UUID | None, uuidlib.UUID | None]] = {}
         self._extensions = {ext for info in registry.backends() for ext, _ in info.extensions}
 
-    def _uuid_of(self, path: str) -> uuidlib.UUID | None:
+    def _ids_of(self, path: str) -> tuple[uuidlib.UUID | None, uuidlib.UUID | None]:
+        """``(UUID, modification UUID)`` of the image at ``path`` (None where absent)."""
         if path not in self._known:
-            self._known[path] = None
+            self._known[path] = (None, None)
             try:
                 image, _ = _inspect(path, self.io)
                 try:
-                    self._known[path] = image.uuid
+                    self._known[path] = (_optional_uuid(lambda: image.uuid),
+                                         _optional_uuid(lambda: image.modification_uuid))
                 finally:
                     image.close()
             except (VDError, OSError):
                 pass
         return self._known[path]
 
-    def find(self, wanted: uuidlib.UUID, exclude: Sequence[str] = ()) -> str | None:
+    def find(self, wanted: uuidlib.UUID, exclude: Sequence[str] = (),
+             modification: bool = False) -> str | None:
+        """The image whose UUID (or, with ``modification``, modification UUID) is
+        ``wanted``."""
         skip = {os.path.abspath(p) for p in exclude}
         for folder in self.folders:
             for path in self.io.list_dir(folder):
                 ext = os.path.splitext(path)[1].lstrip(".").lower()
                 if ext not in self._extensions or os.path.abspath(path) in skip:
                     continue
-                if self._uuid_of(path) == wanted:
+                if self._ids_of(path)[1 if modification else 0] == wanted:
                     return path
         return None
 
@@ -128,10 +135,17 @@ def find_parent(image: Image, search_paths: Sequence[str] = (),
         for candidate in _candidates(image.path, stored):
             if io.exists(candidate):
                 return candidate
+    index = index or UuidIndex(io, [os.path.dirname(os.path.abspath(image.path)),
+                                    *search_paths])
     if parent_uuid is not None:
-        index = index or UuidIndex(io, [os.path.dirname(os.path.abspath(image.path)),
-                                        *search_paths])
         found = index.find(parent_uuid, exclude=[image.path])
+        if found:
+            return found
+    else:
+        # Formats that link by the parent's modification UUID (VHDX's parent_linkage).
+        linkage = _optional_uuid(lambda: image.parent_modification_uuid)
+        found = index.find(linkage, exclude=[image.path], modification=True) \
+            if linkage else None
         if found:
             return found
     where = f"stored as {stored!r}, " if stored else ""

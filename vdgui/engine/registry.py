@@ -18,6 +18,7 @@ from .formats.qcow import QcowImage
 from .formats.qcow2 import Qcow2Image
 from .formats.qed import QedImage
 from .formats.raw import RawImage
+from .formats.vci import VciCache
 from .formats.vdi import VdiImage
 from .formats.vmdk import VmdkImage
 from .formats.vhd import VhdImage
@@ -35,7 +36,7 @@ ALIASES = {"vpc": "VHD", "img": "RAW", "iso": "RAW"}
 
 
 #: Cache image backends (``VDCreateCache`` / ``VDCacheOpen``), probed after images.
-_CACHE_BACKENDS: tuple[type[Cache], ...] = ()
+_CACHE_BACKENDS: tuple[type[Cache], ...] = (VciCache,)
 
 
 def cache_backends() -> list[BackendInfo]:

@@ -180,11 +180,11 @@ def test_set_parent_within_the_room_left(tmp_path: Path) -> None:
     create(first, SIZE, "QCOW")
     create(second, SIZE, "QCOW", writes=WRITES)
     child = tmp_path / "child.qcow"
-    create_diff(first, child, "QCOW")  # "base1.qcow": 10 bytes, L1 at 64
+    create_diff(first, child, "QCOW")  # "base1.qcow", with room for 256 bytes of name
     image = QcowImage.open(default_provider(), str(child), OpenFlags.NORMAL)
     try:
         with pytest.raises(NotSupported):
-            image.set_parent(ParentLink(None, None, str(tmp_path / "a-much-longer-name.qcow"),
+            image.set_parent(ParentLink(None, None, str(tmp_path / ("long" * 80 + ".qcow")),
                                         "QCOW"))
         image.set_parent(ParentLink(None, None, str(second), "QCOW"))
     finally:

@@ -223,6 +223,16 @@ class Image(abc.ABC):
     def close(self) -> None:
         """Write back metadata (when writable) and release the files."""
 
+    def storages(self) -> list[Storage]:
+        """The image's open files."""
+        return []
+
+    def abandon(self) -> None:
+        """Release the files without writing anything (the process is going away
+        after a failure; what is on disk must stay exactly as it is)."""
+        for storage in self.storages():
+            storage.close()
+
     def delete_files(self) -> None:
         """Remove the image's files; the image must be closed."""
         for path in self.files:
@@ -231,6 +241,14 @@ class Image(abc.ABC):
     def set_open_flags(self, flags: OpenFlags) -> None:
         """Switch between read-only and read/write (``VDSetOpenFlags``)."""
         self.open_flags = flags
+
+    def check_parent(self, link: ParentLink | None) -> None:
+        """Raise what :meth:`set_parent` would raise for ``link``, changing nothing
+        (so an operation can refuse before it starts rather than at its end)."""
+        if self.parent_filename is not None and \
+                type(self).set_parent is Image.set_parent:
+            raise NotSupported(f"changing the parent of a {self.info.name} image is not "
+                               f"supported yet", self.path)
 
     def set_parent(self, link: ParentLink | None) -> None:
         """Point the image at a new parent (merge, rebase); None makes it a base.
@@ -425,6 +443,9 @@ class SingleFileImage(Image):
 
     def transaction(self) -> ContextManager[None]:
         return self.storage.transaction()
+
+    def storages(self) -> list[Storage]:
+        return [self.storage]
 
     def rename(self, new_path: str) -> None:
         # The open descriptor stays valid across a rename on the same file system.

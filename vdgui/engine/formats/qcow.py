@@ -269,13 +269,8 @@ class QcowImage(SingleFileImage):
     def parent_filename(self) -> str | None:
         return self._backing
 
-    def set_parent(self, link: ParentLink | None) -> None:
-        """Record a new backing file (merge, rebase), or none.
-
-        The name lives between the header and the L1 table, which never moves: a new
-        name must fit in the room the old one left (qemu cannot change it at all).
-        """
-        self.check_writable()
+    def _backing_name(self, link: ParentLink | None) -> bytes:
+        """The name to store for ``link``, or NotSupported when it cannot fit."""
         h = self._h
         name = os.fsencode(relative_parent_path(self.path, link.path)) if link else b""
         # Only qemu's layout (name at 48, L1 right after it) has room known to be free.
@@ -286,6 +281,20 @@ class QcowImage(SingleFileImage):
             raise NotSupported(f"the new backing file name ({len(name)} bytes) does not fit "
                                f"in the {room} bytes a QCOW version 1 image has for it",
                                self.path)
+        return name
+
+    def check_parent(self, link: ParentLink | None) -> None:
+        self._backing_name(link)
+
+    def set_parent(self, link: ParentLink | None) -> None:
+        """Record a new backing file (merge, rebase), or none.
+
+        The name lives between the header and the L1 table, which never moves: a new
+        name must fit in the room the old one left (qemu cannot change it at all).
+        """
+        self.check_writable()
+        h = self._h
+        name = self._backing_name(link)
         h["backing_file_offset"] = HEADER.size if name else 0
         h["backing_file_size"] = len(name)
         with self.transaction():  # name and header change together or not at all
@@ -331,7 +340,11 @@ class QcowImage(SingleFileImage):
             if len(name) > MAX_BACKING_NAME:
                 raise InvalidParameter(f"the backing file name is longer than "
                                        f"{MAX_BACKING_NAME} bytes", path)
-        l1_offset = align_up(HEADER.size + len(name), 8)
+        # A differencing image keeps room for a longer backing name after its own, so
+        # a merge or rebase can re-link it later (the L1 table never moves); qemu
+        # reads the name and the table wherever the header says they are.
+        room = max(len(name), min(256, MAX_BACKING_NAME)) if name else 0
+        l1_offset = align_up(HEADER.size + room, 8)
         header = HEADER.pack(dict(
             magic=MAGIC, version=VERSION, backing_file_offset=HEADER.size if name else 0,
             backing_file_size=len(name), mtime=0, size=size, cluster_bits=cb,

@@ -13,7 +13,7 @@ import uuid as uuidlib
 from typing import Sequence
 
 from ..container import Disk
-from ..errors import InvalidParameter, UuidMismatch
+from ..errors import InvalidParameter, NotSupported, UuidMismatch
 from ..io import StorageProvider
 from ..types import NIL_UUID, OpenFlags
 
@@ -35,7 +35,10 @@ def change_uuid(path: str | os.PathLike[str], new_uuid: uuidlib.UUID | None = No
             if os.path.realpath(child) == os.path.realpath(path):
                 raise InvalidParameter("an image is not its own child", os.fspath(child))
             disk = _open_alone(child, io, disks)
-            parent = disk[0].parent_uuid
+            try:
+                parent = disk[0].parent_uuid
+            except NotSupported:
+                continue  # linked by other means (VHDX: the data write GUID); unaffected
             if parent != old_uuid:
                 what = parent if parent != NIL_UUID else "none"
                 raise UuidMismatch(f"not a child of {os.fspath(path)}: its parent UUID is "

@@ -44,6 +44,11 @@ def merge(disk: Disk, from_: int, to: int, progress: Progress | None = None) -> 
         merged_top, merged_bottom = (t - 1, f) if f < t else (f, t + 1)
         ensure_space(disk.io, target.path, held_bytes(disk, merged_top, merged_bottom),
                      "the merge")
+        # The re-link at the end must be possible: refuse now, before any data moves.
+        if f < t:
+            target.check_parent(disk.parent_link(f - 1) if f > 0 else None)
+        elif f < len(disk) - 1:
+            disk.image(f + 1).check_parent(disk.parent_link(t))
         top = len(disk) - 1
         was_read_only = {i: disk.image(i).read_only for i in range(len(disk))}
         child = f + 1 if f > t and f < top else None

@@ -71,7 +71,9 @@ class _Files:
         #: Files that should be writable while the image is.
         self._wants_write: set[str] = set()
 
-    def open(self, path: str, writable: bool) -> Storage:
+    def open(self, path: str, writable: bool, may_write: bool | None = None) -> Storage:
+        """Open ``path`` (writable now or not); ``may_write`` says whether it should
+        become writable when the image does (default: ``writable``)."""
         key = os.path.realpath(path)
         storage = self._open.get(key)
         if storage is None:
@@ -79,7 +81,7 @@ class _Files:
             self._open[key] = storage
         elif writable and not storage.writable:
             storage.reopen(True, self.shareable)
-        if writable:
+        if writable if may_write is None else may_write:
             self._wants_write.add(key)
         return storage
 
@@ -203,7 +205,7 @@ class VmdkImage(Image):
 
     def _load(self, config: Mapping[str, str] | None) -> None:
         writable = not self.read_only
-        main = self._files.open(self.path, writable)
+        main = self._files.open(self.path, writable, may_write=True)
         source = read_descriptor(main, self.path)
         descriptor = source.descriptor
         self._check_version(descriptor)
@@ -287,7 +289,8 @@ class VmdkImage(Image):
                 status="VERR_VD_VMDK_INVALID_STATE"))
         if line.type in ("VMFSRDM", "VMFSRAW", "SESPARSE"):
             raise NotSupported(f"{line.type} extents are not supported", self.path)
-        storage = self._files.open(path, not self.read_only and line.access == "RW")
+        storage = self._files.open(path, not self.read_only and line.access == "RW",
+                                   may_write=line.access == "RW")
         if line.type in ("FLAT", "VMFS"):
             device = raw and os.path.isabs(line.filename)
             return FlatExtent(storage, line.sectors, line.offset, line.access, path, line.type,
@@ -634,6 +637,9 @@ class VmdkImage(Image):
         start = extent.start + extent.size
         allocate(extent.storage, start, sectors * SECTOR, progress)
         extent.sectors += sectors
+
+    def storages(self) -> list[Storage]:
+        return self._files.storages()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
