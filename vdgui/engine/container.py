@@ -326,6 +326,12 @@ class Disk:
             link = self.parent_link(len(self._slots) - 1)
             if parent_uuid and parent_uuid != NIL_UUID:
                 link = dataclasses.replace(link, uuid=parent_uuid)
+            if link.uuid is None and cls.parent_filename is Image.parent_filename:
+                # The child could never find its parent again.
+                raise InvalidType(f"a {cls.info.name} differencing image links to its parent "
+                                  f"only by UUID, and the {top.backend} image below has "
+                                  f"none; choose a format that stores the parent's path",
+                                  path)
             request = CreateRequest(
                 path=path, size=self._size, image_flags=image_flags | ImageFlags.DIFF,
                 uuid=uuid or uuidlib.uuid4(), comment=comment, pchs=self._pchs,
