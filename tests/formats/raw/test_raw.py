@@ -109,3 +109,20 @@ def test_raw_interop_both_ways(tmp_path):
         disk.write(4 * MiB - 512, b"\x01" * 512)
     assert qemu.compare(ours, "raw", theirs, "raw")
     assert qemu.info(ours, "raw")["virtual-size"] == 4 * MiB
+
+
+def test_resize_grows_sparsely_and_shrinks_only_zeros(tmp_path):
+    from vdgui.engine.ops.resize import resize
+    path = tmp_path / "r.raw"
+    with Disk() as disk:
+        disk.create_base(path, 4 * MiB, "RAW")
+        disk.write(MiB, b"keep")
+        disk.write(3 * MiB, b"tail")
+        resize(disk, 64 * MiB)
+        assert disk.size == 64 * MiB and disk.read(MiB, 4) == b"keep"
+        with pytest.raises(errors.ShrinkNotSupported, match=str(3 * MiB)):
+            resize(disk, 2 * MiB)
+        disk.write(3 * MiB, bytes(4))
+        resize(disk, 2 * MiB)
+        assert disk.size == 2 * MiB
+    assert os.path.getsize(path) == 2 * MiB

@@ -13,7 +13,7 @@ from ..args import Parents
 
 #: Modules in the order their subcommands appear in ``vdimg --help``.
 _MODULES = ("formats", "info", "create", "convert", "merge", "compact", "resize", "set",
-            "rebase", "map", "compare", "readwrite", "discard", "dump")
+            "rebase", "check", "map", "compare", "readwrite", "discard", "dump")
 
 
 def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:

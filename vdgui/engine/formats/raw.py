@@ -16,10 +16,11 @@ from typing import Mapping
 
 import os
 
-from ..blockmap import fill_zero
-from ..errors import InvalidHeader, InvalidParameter, InvalidType, NotSupported
+from ..blockmap import fill_zero, is_zero
+from ..errors import (InvalidHeader, InvalidParameter, InvalidType, NotSupported,
+                      ShrinkNotSupported)
 from ..io import StorageProvider
-from ..progress import report
+from ..progress import Progress, report
 from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType,
                      DiskType, ImageFlags, OpenFlags, Status)
 from .base import BackendInfo, CreateRequest, SingleFileImage, validate_config
@@ -163,6 +164,23 @@ class RawImage(SingleFileImage):
 
     def write_blocks(self, offset: int, data: memoryview) -> None:
         self.write(offset, data)
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow by extending the file (sparsely); shrink when the cut part is zeros."""
+        self.check_writable()
+        if self.disk_type == DiskType.DVD:
+            raise NotSupported("optical disc images cannot be resized", self.path)
+        if size < self._size:
+            for start, stop in self.storage.data_ranges(size, self._size - size):
+                for pos in range(start, stop, 1 << 20):
+                    chunk = self.storage.read_at(pos, min(1 << 20, stop - pos))
+                    if not is_zero(chunk):
+                        offset = pos + next(i for i, b in enumerate(chunk) if b)
+                        raise ShrinkNotSupported(f"data is stored beyond the new end (at "
+                                                 f"offset {offset}); shrinking would lose it",
+                                                 self.path)
+        self.storage.set_size(size)
+        self._size = size
 
     def describe(self) -> list[tuple[str, str]]:
         return [("device type", self.disk_type.label), ("size", str(self._size)),
