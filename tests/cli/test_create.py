@@ -131,9 +131,13 @@ def test_diff_defaults_to_parent_format(vdimg: Runner, tmp_path: Path) -> None:
 def test_diff_of_raw_parent_uses_a_format_with_children(vdimg: Runner,
                                                          tmp_path: Path) -> None:
     base = make_image(tmp_path / "base.raw", backend="RAW", size=1 << 20)
-    diff = tmp_path / "top.vdi"
+    diff = tmp_path / "top.qcow2"
     assert vdimg("create", "--parent", base, diff).rc == 0
-    assert info_json(vdimg, diff)["format"] == "vdi"
+    assert info_json(vdimg, diff)["format"] == "qcow2"
+    # A VDI child finds its parent only by UUID, and a raw image has none.
+    vdimg("create", "--parent", base, tmp_path / "top.vdi").assert_error(
+        3, "top.vdi", "only by UUID")
+    assert not (tmp_path / "top.vdi").exists()
 
 
 def test_diff_with_comment_and_uuid(vdimg: Runner, tmp_path: Path) -> None:

@@ -249,6 +249,7 @@ class Disk:
         self._refresh_cache()
         self._first_write_pending = not slot.image.read_only
         self._modified = False
+        self._forget_cached()
 
     # -- creating ------------------------------------------------------------------
 
@@ -433,6 +434,7 @@ class Disk:
                     slot.image.delete_files()
             finally:
                 self._refresh_cache()
+                self._forget_cached()
                 if was_writable and self._slots:
                     new_top = self._slots[-1].image
                     new_top.set_open_flags(new_top.open_flags & ~OpenFlags.READONLY)
@@ -533,6 +535,11 @@ class Disk:
         if self._cache is not None:
             self._cache.update(offset, None, length)
 
+    def _forget_cached(self) -> None:
+        """The top image changed: what the cache holds may no longer be the disk's."""
+        if self._cache is not None:
+            self._cache.update(0, None, max(self._size, 1) << 1)
+
     # -- reading -------------------------------------------------------------------
 
     def _check_range(self, offset: int, length: int, what: str) -> None:
@@ -567,7 +574,12 @@ class Disk:
             hit, run = cache.lookup(pos, end - pos)
             part = view[pos - offset:pos - offset + run]
             if hit:
-                cache.read_into(pos, part)
+                try:
+                    cache.read_into(pos, part)
+                except VDError as exc:  # a cache is disposable: read the chain instead
+                    log.warning("the cache %s failed (%s); reading the images", cache.path,
+                                exc)
+                    self.read_chain(pos, part, len(self._slots) - 1)
             else:
                 self.read_chain(pos, part, len(self._slots) - 1)
                 if not cache.read_only:
@@ -652,7 +664,11 @@ class Disk:
             if track_modification:
                 self._mark_modified()
             top = len(self._slots) - 1
-            self.write_image(top, offset, view, top - 1)
+            try:
+                self.write_image(top, offset, view, top - 1)
+            except BaseException:
+                self.cache_update(offset, len(view))  # part may be written: forget it
+                raise
             if self._cache is not None:
                 self._cache.update(offset, view, len(view))
 

@@ -43,6 +43,7 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
         old_lchs = _current(lambda: image.lchs)
         image.resize(size, progress)
         _hide_below(disk, old_size, size)
+        disk.cache_update(min(old_size, size), abs(size - old_size))
         for current, given, limit, setter in ((old_pchs, pchs, 16383, disk.set_pchs),
                                               (old_lchs, lchs, None, disk.set_lchs)):
             new = given if given is not None and given.cylinders else _recompute(

@@ -59,13 +59,15 @@ blocks (and everything when the new content is not given, or when the cache is
 read-only and cannot be rewritten): parts of an extent outside the range stay
 cached.  Any error while storing or updating stops the cache from serving
 anything for the rest of the session (it never fails the disk operation), and
-leaves the file marked unclean.
+leaves the file marked unclean; so does a failed read of cached data (that read
+reports the error).
 
 **Crash safety.**  Metadata (tree nodes, map, counters) lives in memory and is
 written by ``flush`` and ``close``, only the nodes and map bytes that changed.  The
 unclean flag is set (and flushed) as soon as a cache is opened writable, because
-the container reports a disk write only after the image holds it; only a clean
-close, after all metadata is written and flushed, clears it.  An unclean cache is
+the container reports a disk write only after the image holds it; ``flush`` leaves
+it set, and only a clean close, after all metadata is written and flushed, clears
+it.  An unclean cache is
 never trusted: opened writable it is reset to empty in place (same UUIDs, size and
 type; a dynamic file is truncated), opened read-only it serves nothing.
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import uuid as uuidlib
 from collections import OrderedDict
+from itertools import pairwise
 
 import numpy as np
 
-from ...errors import Corrupted, InvalidParameter, InvalidSize, InvalidState, ReadOnly
+from ...errors import (Corrupted, InvalidParameter, InvalidSize, InvalidState, ReadOnly,
+                       VDError)
 from ...io import Storage, StorageProvider
 from ...progress import report
 from ...sizes import align_up
-from ...types import NIL_UUID, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, \
-    DiskType, OpenFlags
+from ...types import (NIL_UUID, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType,
+                      DiskType, OpenFlags)
 from ..base import BackendInfo, Cache, CacheRequest, open_storage, validate_config
 from .bitmap import DATA, METADATA, AllocationMap
 from .header import (BITS_PER_MAP_BLOCK, BLOCK, HEADER, HEADER_BLOCKS, MAX_BLOCKS,
@@ -106,8 +108,11 @@ class VciCache(Cache):
                     storage.allocate(pos, min(step, total - pos))
                 report(request.progress, total, total, "allocating")
             storage.flush()
-        finally:
+        except BaseException:
             storage.close()
+            io.delete(path)  # ours, half made (no space, cancelled)
+            raise
+        storage.close()
         return cls.open(io, path, request.open_flags & ~OpenFlags.READONLY)
 
     # -- loading ----------------------------------------------------------------------
@@ -137,10 +142,13 @@ class VciCache(Cache):
     def _load_metadata(self) -> None:
         h, path = self._header, self.path
         h.check_layout(path)
+        file_size = self.storage.size()
+        if (h.map_offset + h.map_blocks) * BLOCK > file_size:  # before allocating for it
+            raise Corrupted("the file is truncated: the VCI allocation map lies beyond its "
+                            "end", path)
         raw = self.storage.read_exact(h.map_offset * BLOCK, h.map_blocks * BLOCK,
                                       "the VCI allocation map")
         self._map = AllocationMap.parse(raw, h.cache_blocks, path)
-        file_size = self.storage.size()
 
         def read_node(addr: int) -> bytes:
             return self.storage.read_exact(addr * BLOCK, NODE_BYTES, "a VCI tree node")
@@ -229,9 +237,9 @@ class VciCache(Cache):
 
     def _write_metadata(self) -> None:
         """Write every node, map byte and header field that changed."""
-        order = list(self._lru)
-        prev = dict(zip(order[1:], order[:-1]))
-        next_ = dict(zip(order[:-1], order[1:]))
+        pairs = list(pairwise(self._lru))
+        prev = {newer: older for older, newer in pairs}
+        next_ = dict(pairs)
         for node in self._tree.nodes():
             raw = node_bytes(node, prev, next_)
             if raw != node.written:
@@ -353,10 +361,14 @@ class VciCache(Cache):
             if start > pos:
                 break
             part = buf[pos - offset:stop - offset]
-            if self.storage.readinto_at(data * BLOCK + pos - start, part) != len(part):
-                self._broken = True
-                raise Corrupted(f"cached data at block {data} lies beyond the end of the "
-                                f"file", self.path)
+            try:
+                got = self.storage.readinto_at(data * BLOCK + pos - start, part)
+                if got != len(part):
+                    raise Corrupted(f"cached data at block {data} lies beyond the end of "
+                                    f"the file", self.path)
+            except VDError:
+                self._broken = True  # later reads go to the disk itself
+                raise
             self._lru.move_to_end(data)
             pos = stop
         if pos < end:
@@ -431,7 +443,7 @@ class VciCache(Cache):
                 self._drop(offset // BLOCK, offset // BLOCK + 1)
             if end % BLOCK and end // BLOCK >= whole_start:
                 self._drop(end // BLOCK, end // BLOCK + 1)
-            for first, count, where in []:
+            for first, count, where in list(self._tree.overlapping(whole_start, whole_end)):
                 lo, hi = max(first, whole_start), min(first + count, whole_end)
                 self.storage.write_at((where + lo - first) * BLOCK,
                                       data[lo * BLOCK - offset:hi * BLOCK - offset])

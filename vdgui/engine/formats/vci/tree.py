@@ -22,7 +22,7 @@ depth.  Anything else is :class:`~vdgui.engine.errors.Corrupted`.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Callable, Iterator, Union
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -53,7 +53,7 @@ Extent = tuple[int, int, int]  # (first disk block, block count, data block addr
 class Leaf:
     """A leaf node: parallel lists of extents, sorted by first disk block."""
 
-    __slots__ = ("addr", "first", "count", "data", "written")
+    __slots__ = ("addr", "count", "data", "first", "written")
 
     def __init__(self, addr: int, first: list[int] | None = None,
                  count: list[int] | None = None, data: list[int] | None = None) -> None:
@@ -78,7 +78,7 @@ class Leaf:
 class Internal:
     """An internal node: children sorted by their first disk block (``keys``)."""
 
-    __slots__ = ("addr", "keys", "children", "written")
+    __slots__ = ("addr", "children", "keys", "written")
 
     def __init__(self, addr: int, keys: list[int], children: list[Node]) -> None:
         self.addr = addr
@@ -98,7 +98,7 @@ class Internal:
         return self.children[-1].max_end
 
 
-Node = Union[Leaf, Internal]
+Node = Leaf | Internal
 
 
 def _capacity(node: Node) -> int:
