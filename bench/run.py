@@ -44,7 +44,7 @@ def timed(command: list[str]) -> Timing:
     return Timing(elapsed, usage.ru_maxrss / 1024)
 
 
-def fill_half(path: Path, size: int, backend: str, seed: int = 0) -> None:
+def fill_half(path: Path, size: int, backend: str) -> None:
     """A dynamic image with data in every other 2 MiB stretch (half the blocks of
     every format's default block size)."""
     stretch = 2 * MiB
@@ -52,7 +52,7 @@ def fill_half(path: Path, size: int, backend: str, seed: int = 0) -> None:
     with Disk() as disk:
         disk.create_base(path, size, backend)
         for index, offset in enumerate(range(0, size, 2 * stretch)):
-            block = (index + seed).to_bytes(8, "little") + rng[8:]
+            block = index.to_bytes(8, "little") + rng[8:]
             disk.write(offset, block[:min(stretch, size - offset)])
 
 
@@ -72,9 +72,8 @@ def remove(*paths: Path) -> None:
 
 def make_inputs(folder: Path, size: int) -> dict[str, Path]:
     inputs = {"vdi": folder / "src.vdi", "qcow2": folder / "src.qcow2",
-              "vhd": folder / "src.vhd", "vdi2": folder / "other.vdi"}
+              "vhd": folder / "src.vhd"}
     fill_half(inputs["vdi"], size, "VDI")
-    fill_half(inputs["vdi2"], size, "VDI", seed=1)
     subprocess.run(["qemu-img", "convert", "-f", "vdi", "-O", "qcow2", inputs["vdi"],
                     inputs["qcow2"]], check=True)
     subprocess.run(["qemu-img", "convert", "-f", "vdi", "-O", "vpc", inputs["vdi"],
@@ -93,9 +92,10 @@ def case_convert(src: Path, src_fmt: str, dst_ext: str, dst_fmt: str,
 
 
 def case_compare(inputs: dict[str, Path]) -> tuple[Timing, Timing]:
-    return (vdimg("compare", inputs["vdi"], inputs["vdi2"]),
-            timed(["qemu-img", "compare", "-f", "vdi", "-F", "vdi", str(inputs["vdi"]),
-                   str(inputs["vdi2"])]))
+    """Identical content in two formats: both tools must read everything."""
+    return (vdimg("compare", inputs["vdi"], inputs["qcow2"]),
+            timed(["qemu-img", "compare", "-f", "vdi", "-F", "qcow2", str(inputs["vdi"]),
+                   str(inputs["qcow2"])]))
 
 
 def case_merge(inputs: dict[str, Path], folder: Path, size: int) -> tuple[Timing, Timing]:

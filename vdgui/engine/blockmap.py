@@ -72,7 +72,10 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     """True when every byte is zero."""
     if isinstance(data, memoryview) and len(data) >= 64 and data[:64].tobytes() != zeros(64):
         return False  # the common case for real data, decided without a copy
-    return not np.frombuffer(data, dtype=np.uint8).any()
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if len(raw) % 8 == 0:
+        raw = raw.view(np.uint64)  # eight bytes per step
+    return not raw.any()
 
 
 def runs_of(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:

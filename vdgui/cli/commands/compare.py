@@ -3,17 +3,14 @@
 Exit 0 when identical, 1 when not (printing the first differing offset).  Images
 of different sizes are equal when the longer one's extra part reads as zeros.
 Ranges that both chains know to read as zeros (unallocated or zero blocks) are
-skipped without reading; the rest is read and compared in large chunks.
+skipped without reading (see :mod:`vdgui.engine.ops.compare`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from vdgui.engine import Disk, Progress
-from vdgui.engine.blockmap import zeros
+from vdgui.engine.ops.compare import first_difference
 
 from .. import args as types
 from ..args import Parents
@@ -21,9 +18,6 @@ from ..images import open_readonly
 from ..progress import operation, wanted
 
 #: Bytes compared per step.
-CHUNK = 8 << 20
-
-
 def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
     parser = subparsers.add_parser(
         "compare", parents=[parents.image], help="compare the contents of two images",
@@ -53,59 +47,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("Images are identical")
     return 0
-
-
-def first_difference(a: Disk, b: Disk, progress: Progress | None = None) -> int | None:
-    """The first offset where the contents of ``a`` and ``b`` differ, or None.
-
-    Past the end of the smaller disk, its content counts as zeros.
-    """
-    end = max(a.size, b.size)
-    buffers = [bytearray(), bytearray()]
-    pos = 0
-    while pos < end:
-        n = min(CHUNK, end - pos)
-        zero_a, zero_b = _zero_run(a, pos, n), _zero_run(b, pos, n)
-        if zero_a and zero_b:
-            pos += min(zero_a, zero_b)
-        else:
-            data_a = _content(a, pos, n, zero_a, _buffer(buffers, 0, n))
-            data_b = _content(b, pos, n, zero_b, _buffer(buffers, 1, n))
-            if data_a != data_b:  # bytes-like equality is a memcmp
-                return pos + _first_mismatch(data_a, data_b)
-            pos += n
-        if progress is not None:
-            progress.update(pos, end, "comparing")
-    return None
-
-
-def _zero_run(disk: Disk, pos: int, length: int) -> int:
-    """How many bytes from ``pos`` are known to read as zeros (0: not known)."""
-    if pos >= disk.size:
-        return length
-    depth, status, run = disk.block_status(pos, min(length, disk.size - pos))
-    return run if depth is None or status.reads_zero else 0
-
-
-def _buffer(buffers: list[bytearray], side: int, n: int) -> bytearray:
-    """Side ``side``'s buffer, of exactly ``n`` bytes: compared whole, because
-    comparing memoryview slices goes element by element.  ``n`` only changes near
-    the end of the disk, so buffers are rarely reallocated."""
-    if len(buffers[side]) != n:
-        buffers[side] = bytearray(n)
-    return buffers[side]
-
-
-def _content(disk: Disk, pos: int, n: int, zero_run: int, buf: bytearray) -> bytes | bytearray:
-    if zero_run >= n:
-        return zeros(n)
-    inside = min(n, disk.size - pos)
-    disk.read_into(pos, memoryview(buf)[:inside])
-    if inside < n:  # the part past this disk's end reads as zeros
-        buf[inside:] = zeros(n - inside)
-    return buf
-
-
-def _first_mismatch(x: bytes | bytearray, y: bytes | bytearray) -> int:
-    diff = np.frombuffer(x, dtype=np.uint8) != np.frombuffer(y, dtype=np.uint8)
-    return int(np.flatnonzero(diff)[0])
