@@ -69,6 +69,30 @@ class Progress:
     def cancel(self) -> None:
         self.cancel_token.cancel()
 
+    def part(self, start: float, end: float) -> Progress:
+        """A progress for one step of a longer operation: the step's 0..1 is this
+        operation's ``start``..``end``, so the whole stays monotonic."""
+        return _Part(self, start, end)
+
+
+class _Part(Progress):
+    _SCALE = 1_000_000
+
+    def __init__(self, parent: Progress, start: float, end: float) -> None:
+        self._parent = parent
+        self._start, self._end = start, end
+        self.cancel_token = parent.cancel_token
+
+    def update(self, done: int, total: int, stage: str = "") -> None:
+        fraction = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
+        overall = self._start + (self._end - self._start) * fraction
+        self._parent.update(round(overall * self._SCALE), self._SCALE, stage)
+
+
+def part(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """``progress.part`` for an optional progress object."""
+    return progress.part(start, end) if progress is not None else None
+
 
 def report(progress: Progress | None, done: int, total: int, stage: str = "") -> None:
     """``progress.update`` for an optional progress object."""

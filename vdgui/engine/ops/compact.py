@@ -17,7 +17,7 @@ from ..container import Disk
 from ..errors import NotSupported, ReadOnly
 from ..formats.base import Image
 from ..blockmap import changed_units, zero_units
-from ..progress import Progress, report
+from ..progress import Progress, part, report
 from ..sizes import align_down, align_up
 from ..types import LAST_IMAGE, OpenFlags, Status
 
@@ -65,8 +65,8 @@ def compact(disk: Disk, n: int = LAST_IMAGE, progress: Progress | None = None,
         if image.read_only:
             disk.set_open_flags(index, flags & ~OpenFlags.READONLY)
         try:
-            _release(disk, index, image, plan, progress, dry_run=False)
-            image.pack(progress)
+            _release(disk, index, image, plan, part(progress, 0, 0.8), dry_run=False)
+            image.pack(part(progress, 0.8, 1))
         finally:
             if flags & OpenFlags.READONLY:
                 disk.set_open_flags(index, flags)

@@ -16,7 +16,7 @@ from ..blockmap import is_zero, zeros
 from ..container import Disk
 from ..errors import InvalidParameter, NotOpened, NotSupported
 from ..formats.base import Image
-from ..progress import Progress, report
+from ..progress import Progress, part, report
 from ..sizes import align_down, align_up
 from ..types import OpenFlags, Status
 
@@ -34,14 +34,15 @@ def discard(disk: Disk, ranges: Iterable[tuple[int, int]],
         if not disk.open_flags(-1) & OpenFlags.DISCARD:
             raise NotSupported("the image was not opened with discard enabled", image.path)
         top = len(disk) - 1
+        steps = part(progress, 0, 0.5)
         for done, (offset, length) in enumerate(ranges):
-            report(progress, done, len(ranges), "discarding")
+            report(steps, done, len(ranges), "discarding")
             disk._check_range(offset, length, "a discard")
             with image.transaction():  # each range is discarded whole or not at all
                 _discard_range(disk, top, image, offset, length)
             disk.cache_update(offset, length)
-        image.pack(progress)
-        report(progress, len(ranges), len(ranges), "done")
+        image.pack(part(progress, 0.5, 1))
+        report(progress, 1, 1, "done")
 
 
 def _discard_range(disk: Disk, top: int, image: Image, offset: int, length: int) -> None:

@@ -23,7 +23,7 @@ from .. import registry
 from ..chain import find_parent
 from ..errors import NotSupported, VDError
 from ..io import StorageProvider, default_provider
-from ..progress import Progress, report
+from ..progress import Progress, part, report
 from ..findings import ERROR, WARNING, Finding
 from ..types import NIL_UUID, DiskType, OpenFlags, RepairFlags
 
@@ -74,19 +74,20 @@ def repair(path: str | os.PathLike[str], backend: str | None = None,
                            status="VERR_VD_IMAGE_REPAIR_NOT_SUPPORTED")
     dry_run = bool(flags & RepairFlags.DRY_RUN)
     result = RepairReport(path, cls.info.name)
-    report(progress, 0, 2, "checking")
-    found = check(io, path, False, progress) + _chain_findings(path, cls, io, search_paths)
+    report(progress, 0, 1, "checking")
+    found = (check(io, path, False, part(progress, 0, 0.3))
+             + _chain_findings(path, cls, io, search_paths))
     if dry_run or not any(p.fix for p in found):
         result.problems = found
-        report(progress, 2, 2, "done")
+        report(progress, 1, 1, "done")
         return result
-    report(progress, 1, 2, "repairing")
-    check(io, path, True, progress)
+    report(progress, 3, 10, "repairing")
+    check(io, path, True, part(progress, 0.3, 0.8))
     result.fixed = [p for p in found if p.fix]
     result.repaired = True
-    result.problems = (check(io, path, False, progress)
+    result.problems = (check(io, path, False, part(progress, 0.8, 1))
                        + _chain_findings(path, cls, io, search_paths))
-    report(progress, 2, 2, "done")
+    report(progress, 1, 1, "done")
     return result
 
 

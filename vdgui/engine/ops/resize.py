@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..blockmap import zeros
 from ..container import Disk
 from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
-from ..progress import Progress, report
+from ..progress import Progress, part, report
 from ..sizes import align_up
 from ..types import SECTOR, Geometry, ImageFlags
 from .preflight import ensure_space
@@ -41,7 +41,7 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
         old_size = image.size
         old_pchs = _current(lambda: image.pchs)
         old_lchs = _current(lambda: image.lchs)
-        image.resize(size, progress)
+        image.resize(size, part(progress, 0, 0.95))
         _hide_below(disk, old_size, size)
         disk.cache_update(min(old_size, size), abs(size - old_size))
         for current, given, limit, setter in ((old_pchs, pchs, 16383, disk.set_pchs),
