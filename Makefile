@@ -6,10 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-# Debian packages: qemu-utils is the interop oracle; the rest are the Qt runtime
-# libraries the PySide6 wheels need (xcb for a real display, EGL/GL/fontconfig for
-# every platform) and Xvfb for running the application without a display.
-DEB_PACKAGES := qemu-utils xvfb xauth \
+# Debian packages: qemu-utils is the interop oracle; desktop-file-utils, appstream
+# and shared-mime-info validate the desktop entry, the metainfo and the MIME info;
+# binutils (objdump, objcopy) is what PyInstaller builds the bundle with; the rest
+# are the Qt runtime libraries the PySide6 wheels need (xcb for a real display,
+# EGL/GL/fontconfig for every platform) and Xvfb for running the application
+# without a display.
+DEB_PACKAGES := qemu-utils desktop-file-utils appstream shared-mime-info binutils xvfb xauth \
 	libegl1 libgl1 libopengl0 libfontconfig1 libfreetype6 libdbus-1-3 libglib2.0-0 \
 	libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1 libxrender1 libxi6 \
 	libxcb1 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
@@ -18,7 +21,7 @@ DEB_PACKAGES := qemu-utils xvfb xauth \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test stress deps venv lint bench clean
+.PHONY: run test stress deps venv bench package clean
 
 run: venv
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
@@ -32,13 +35,23 @@ test: deps venv
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not stress" -q
 
 stress: deps venv
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m stress -q
+	$(PIP) install -q atheris -r packaging/requirements.txt
+	QT_QPA_PLATFORM=offscreen VDGUI_FUZZ_EXAMPLES=300 $(PY) -m pytest -m "stress" -q
+	QT_QPA_PLATFORM=offscreen VDGUI_FUZZ_EXAMPLES=300 $(PY) -m pytest -q tests/robustness/test_mutations.py
 
 bench: deps venv
 	$(PY) bench/run.py
 
+# The sdist, the wheel and the self-contained Linux bundle (vdgui and vdimg) in
+# dist/, then the bundle's own tests: vdimg --version and the GUI's smoke test.
+package: deps venv
+	$(PIP) install -q -r packaging/requirements.txt
+	$(PY) packaging/build.py
+	QT_QPA_PLATFORM=offscreen VDGUI_BUNDLE="$$($(PY) packaging/build.py --print-bundle)" \
+		$(PY) -m pytest -q -m stress tests/packaging/test_bundle.py
+
 deps: .stamp-deps
-.stamp-deps:
+.stamp-deps: Makefile
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:" $$missing; \

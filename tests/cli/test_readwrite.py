@@ -182,3 +182,17 @@ def test_image_option_reaches_the_format(vdimg: Runner, tmp_path: Path) -> None:
     result = vdimg("read", "--image-option", "AllowExternalExtents=1", folder / "d.vmdk",
                    "0", "16")
     assert result.rc == 0
+
+
+def test_read_through_a_cache_image(vdimg: Runner, tmp_path: Path) -> None:
+    image = make_image(tmp_path / "a.vdi", size=4 << 20, data={4096: b"cached!"})
+    cache = tmp_path / "a.vci"
+    first = vdimg("read", "--cache", cache, image, "4096", "7")
+    assert first.rc == 0 and first.out == b"cached!" and cache.exists()
+    again = vdimg("read", "--cache", cache, image, "4096", "7")
+    assert again.rc == 0 and again.out == b"cached!"
+    # After a write the top's modification UUID changes: the old cache no longer
+    # matches and is refused rather than served stale.
+    (tmp_path / "new.bin").write_bytes(b"changed")
+    assert vdimg("write", image, "4096", tmp_path / "new.bin").rc == 0
+    vdimg("read", "--cache", cache, image, "4096", "7").assert_error(3, "a.vci")

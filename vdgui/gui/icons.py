@@ -15,8 +15,24 @@ from PySide6.QtWidgets import QApplication, QStyle
 
 APP_ID = "io.github.vdgui.vdgui"
 
-#: resources/ of a source checkout or an editable install.
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+
+def _find_resources() -> Path:
+    """vdgui's resources folder: the package's copy, else the checkout's ``resources/``.
+
+    A wheel (and the PyInstaller bundle, which lays the package out the same way)
+    carries them as ``vdgui/resources``; a source checkout or an editable install
+    has them beside the package.  The desktop entry marks the right folder, so that
+    an unrelated ``resources`` folder beside an installed package is never taken.
+    """
+    package = Path(__file__).resolve().parents[1]
+    candidates = (package / "resources", package.parent / "resources")
+    for folder in candidates:
+        if (folder / f"{APP_ID}.desktop").is_file():
+            return folder
+    return candidates[0]  # missing: icon() and app_icon() fall back to Qt's own
+
+
+RESOURCES = _find_resources()
 ICONS = RESOURCES / "icons"
 
 _SP = QStyle.StandardPixmap
@@ -39,6 +55,17 @@ _ICONS: dict[str, tuple[str, str | None, QStyle.StandardPixmap]] = {
     "optical": ("media-optical", None, _SP.SP_DriveCDIcon),
     "floppy": ("media-floppy", None, _SP.SP_DriveFDIcon),
     "broken": ("dialog-warning", "dialog-warning.svg", _SP.SP_MessageBoxWarning),
+    "merge": ("go-down", None, _SP.SP_ArrowDown),
+    "resize": ("zoom-fit-best", None, _SP.SP_TitleBarMaxButton),
+    "compact": ("zoom-out", None, _SP.SP_TitleBarMinButton),
+    "repair": ("tools-check-spelling", None, _SP.SP_DialogApplyButton),
+    "relink": ("insert-link", None, _SP.SP_FileLinkIcon),
+    "delete": ("edit-delete", None, _SP.SP_TrashIcon),
+    "new-uuid": ("view-refresh", None, _SP.SP_BrowserReload),
+    "locate": ("edit-find", None, _SP.SP_FileDialogContentsView),
+    "filter": ("edit-find", None, _SP.SP_FileDialogContentsView),
+    "jobs": ("view-list-details", None, _SP.SP_FileDialogListView),
+    "map": ("view-grid", None, _SP.SP_FileDialogDetailedView),
 }
 
 

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
     read.add_argument("image", metavar="IMAGE")
     read.add_argument("offset", metavar="OFFSET", type=types.size)
     read.add_argument("length", metavar="LENGTH", type=types.size)
+    read.add_argument("--cache", metavar="CACHE",
+                      help="read through this cache image (VCI), filling it as it goes; "
+                           "created when missing (see --cache-size)")
+    read.add_argument("--cache-size", metavar="SIZE", type=types.size, default=64 << 20,
+                      help="size of a cache image created by --cache (default 64M)")
     read.set_defaults(run=run_read)
 
     write = subparsers.add_parser(
@@ -52,10 +57,20 @@ def _check_range(disk: Disk, image: str, offset: int, length: int, verb: str) ->
                          f"the end of the virtual disk ({disk.size} bytes)")
 
 
+def _attach_cache(disk: Disk, path: str, size: int) -> None:
+    """Open (or create) a cache image for ``disk``: ``VDCacheOpen``/``VDCreateCache``."""
+    if os.path.exists(path):
+        disk.open_cache(path)
+    else:
+        disk.create_cache(path, size)
+
+
 def run_read(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     with open_readonly(args) as disk:
         _check_range(disk, args.image, args.offset, args.length, "reading")
+        if args.cache:
+            _attach_cache(disk, args.cache, args.cache_size)
         buf = memoryview(bytearray(min(CHUNK, args.length)))
         with operation(f"reading {args.image}", False) as progress:
             done = 0

@@ -1,0 +1,1 @@
+"""Packaging: desktop files, the sdist and wheel, clean installs, the PyInstaller bundle."""
