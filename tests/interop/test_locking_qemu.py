@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests import qemu
-from vdgui.engine import Disk, OpenFlags, open_chain
+from vdgui.engine import Disk, ImageFlags, OpenFlags, open_chain
 from vdgui.engine import errors
 
 pytestmark = pytest.mark.interop
@@ -52,9 +52,16 @@ def test_we_refuse_to_write_an_image_qemu_is_writing(image):
         proc.communicate(b"quit\n", timeout=10)
 
 
-def test_shareable_writers_coexist(image):
-    with open_chain(image, OpenFlags.SHAREABLE) as first, \
-            open_chain(image, OpenFlags.SHAREABLE) as second:
+def test_shareable_writers_coexist_on_fixed_images(tmp_path, image):
+    fixed = tmp_path / "fixed.vdi"
+    with Disk() as disk:
+        disk.create_base(fixed, 4 * MiB, image_flags=ImageFlags.FIXED)
+    with open_chain(fixed, OpenFlags.SHAREABLE) as first, \
+            open_chain(fixed, OpenFlags.SHAREABLE) as second:
         assert not first.is_read_only and not second.is_read_only
         first.write(0, b"a")
         second.write(512, b"b")
+        assert first.read(512, 1) == b"b"
+    # A growing image shared by two writers would allocate the same space twice.
+    with pytest.raises(errors.InvalidType, match="fixed"):
+        open_chain(image, OpenFlags.SHAREABLE)

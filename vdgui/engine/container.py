@@ -200,6 +200,7 @@ class Disk:
                 reason = exc.message
             try:
                 slot = self._make_slot(image, cls.info.name, flags, reason)
+                _check_shareable(slot, flags)
                 self._link(slot, flags)
             except BaseException:
                 image.close()
@@ -999,6 +1000,15 @@ class ImageView:
 
     def describe(self) -> list[tuple[str, str]]:
         return self._image.describe()
+
+
+def _check_shareable(slot: _Slot, flags: OpenFlags) -> None:
+    """Several writers at once are safe only where no write allocates anything."""
+    if flags & OpenFlags.SHAREABLE and not slot.image.read_only and (
+            not slot.flags & ImageFlags.FIXED or slot.flags & ImageFlags.DIFF):
+        raise InvalidType("only fixed base images can be opened shareable for writing: "
+                          "writers of a growing image would allocate the same space",
+                          slot.image.path)
 
 
 def _check_open_flags(flags: OpenFlags) -> None:
