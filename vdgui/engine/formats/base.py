@@ -18,7 +18,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import ClassVar, ContextManager, Mapping
 
-from ..errors import GeometryNotSet, InvalidParameter, NotSupported, ReadOnly
+from ..errors import GeometryNotSet, InvalidParameter, InvalidType, NotSupported, ReadOnly
 from ..io import Storage, StorageProvider
 from ..progress import Progress
 from ..types import (Capability, ConfigKey, DiskType, Geometry, ImageFlags, OpenFlags,
@@ -425,12 +425,35 @@ def open_storage(io: StorageProvider, path: str, flags: OpenFlags) -> Storage:
 
 
 class SingleFileImage(Image):
-    """An image that lives in one file, opened as ``self.storage``."""
+    """An image that lives in one file, opened as ``self.storage``.
+
+    Subclasses implement :meth:`_load` (read and check the file's structures);
+    :meth:`open` does the rest: the device-type check, opening the file, and
+    closing it again when loading fails.
+    """
 
     def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
                  disk_type: DiskType = DiskType.HDD) -> None:
         super().__init__(io, path, flags, disk_type)
         self.storage: Storage = open_storage(io, path, flags)
+
+    @classmethod
+    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
+             disk_type: DiskType = DiskType.HDD,
+             config: Mapping[str, str] | None = None) -> Image:
+        if disk_type not in (DiskType.INVALID, DiskType.HDD):
+            raise InvalidType(f"{cls.info.name} images are hard disks", path)
+        image = cls(io, path, flags)
+        try:
+            image._load()
+        except BaseException:
+            image.storage.close()
+            raise
+        return image
+
+    def _load(self) -> None:
+        """Read and check the file's structures (called by :meth:`open`)."""
+        raise NotImplementedError
 
     def set_open_flags(self, flags: OpenFlags) -> None:
         """Reopen the file read-only or read/write as ``flags`` say."""

@@ -10,7 +10,6 @@ the block map and the data each aligned to 1 MiB.
 from __future__ import annotations
 
 import uuid as uuidlib
-from typing import Mapping
 
 import numpy as np
 
@@ -123,20 +122,6 @@ class VdiImage(SingleFileImage):
             raise NotSupported(f"VDI version {version >> 16}.{version & 0xFFFF} is not "
                                f"supported", path, status="VERR_VD_VDI_UNSUPPORTED_VERSION")
         return version
-
-    @classmethod
-    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD,
-             config: Mapping[str, str] | None = None) -> VdiImage:
-        if disk_type not in (DiskType.INVALID, DiskType.HDD):
-            raise InvalidType("VDI images are hard disks", path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
 
     def _load(self) -> None:
         storage, path = self.storage, self.path
