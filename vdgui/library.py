@@ -7,6 +7,12 @@ files themselves by :func:`scan`, with read-only ``INFO`` opens that never chang
 byte.  A file that has gone missing or is damaged stays in the library and is
 reported as inaccessible, with the reason.
 
+Beyond what each file says about itself, :func:`scan` checks what only the library
+can see: a differencing image whose stored parent UUID does not match the image
+found as its parent (:class:`~vdgui.engine.errors.UuidMismatch` on the child), and
+two files carrying the same UUID (the classic copy-by-hand trap, listed in
+:attr:`LibraryTree.duplicates`).
+
 Qt-free: the desktop application and the ``vdimg`` command line share it.
 
 Where things live: the library file is ``library.json`` in the user data directory
@@ -28,9 +34,10 @@ from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
 import platformdirs
 
-from .engine import (Capability, Disk, DiskType, Geometry, ImageFlags, OpenFlags, Progress,
-                     VDError, backend_info, discover_chain, probe)
-from .engine.errors import GeometryNotSet, NotSupported
+from .engine import (NIL_UUID, Capability, Disk, DiskType, Geometry, ImageFlags, OpenFlags,
+                     Progress, VDError, backend_info, discover_chain, find_parent, probe)
+from .engine.chain import MAX_CHAIN_DEPTH
+from .engine.errors import Corrupted, GeometryNotSet, NotSupported, UuidMismatch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,12 @@ FORMAT_VERSION = 1
 
 #: How the library opens images for browsing: never writes, skips linkage checks.
 BROWSE_FLAGS = OpenFlags.READONLY | OpenFlags.INFO
+
+
+class ChainBroken(VDError):
+    """An image is fine, but one it is built on is not: its chain cannot be opened."""
+
+    status = "VERR_VD_IMAGE_NOT_FOUND"
 
 
 def app_dir(kind: Literal["data", "config", "log"]) -> Path:
@@ -162,6 +175,8 @@ class Node:
     children: list[Node] = field(default_factory=list, repr=False)
     #: True for the images the person opened (the library's entries).
     in_library: bool = False
+    #: Other images in the library that carry the same UUID as this one.
+    same_uuid: list[Node] = field(default_factory=list, repr=False)
 
     @property
     def key(self) -> str:
@@ -201,6 +216,8 @@ class LibraryTree:
     nodes: dict[str, Node] = field(default_factory=dict)
     #: Library entry (key) -> keys of the images of its chain, base first.
     chains: dict[str, list[str]] = field(default_factory=dict)
+    #: UUIDs carried by more than one file -> those files' nodes.
+    duplicates: dict[uuidlib.UUID, list[Node]] = field(default_factory=dict)
 
     def find(self, path: str | os.PathLike[str]) -> Node | None:
         return self.nodes.get(path_key(path))
@@ -240,31 +257,97 @@ def scan(entries: Iterable[str], search_paths: Sequence[str] = (),
         if progress is not None:
             progress.update(done, len(entries), f"reading {os.path.basename(entry)}")
         try:
-            links = discover_chain(entry, search_paths)
-        except VDError as exc:
-            # Shown on its own; a readable image keeps its properties, the error
-            # says what is wrong with it or with the link to its parent.
-            node = node_for(entry)
-            node.error = node.error or exc
-            node.in_library = True
-            tree.chains[node.key] = [node.key]
-            continue
+            links = [(link.path, link.backend, link.disk_type)
+                     for link in discover_chain(entry, search_paths)]
+            problem = None
+        except VDError:
+            # As much of the chain as can be followed; the problem belongs to the
+            # oldest image reached (unreadable, or its parent missing).
+            paths, problem = _follow(entry, search_paths)
+            links = [(path, None, DiskType.INVALID) for path in paths]
         previous: Node | None = None
-        for link in links:
-            node = node_for(link.path, link.backend, link.disk_type)
+        for path, backend, disk_type in links:
+            node = node_for(path, backend, disk_type)
             if previous is not None and node.parent is None and node is not previous:
                 node.parent = previous
                 previous.children.append(node)
+            elif previous is None and problem is not None:
+                node.error = node.error or problem
             previous = node
-        assert previous is not None  # discover_chain returns at least the image itself
+        assert previous is not None  # a chain holds at least the image itself
         previous.in_library = True
-        tree.chains[previous.key] = [path_key(link.path) for link in links]
+        tree.chains[previous.key] = [path_key(path) for path, _, _ in links]
 
     tree.roots = sorted((n for n in tree.nodes.values() if n.parent is None),
                         key=lambda n: (n.name.lower(), n.path))
     for node in tree.nodes.values():
         node.children.sort(key=lambda n: (n.name.lower(), n.path))
+        _check_link(node)
+    for root in tree.roots:
+        _mark_broken_below(root, None)
+    _find_duplicates(tree)
     return tree
+
+
+def _follow(path: str, search_paths: Sequence[str]) -> tuple[list[str], VDError]:
+    """The chain ending in ``path`` as far as it can be followed (base-most first),
+    and why it stops there."""
+    walked: list[str] = []
+    seen: set[str] = set()
+    current: str | None = path
+    while current is not None:
+        if path_key(current) in seen or len(walked) >= MAX_CHAIN_DEPTH:
+            return walked[::-1], Corrupted("the chain of parent images loops back on "
+                                           "itself", current)
+        seen.add(path_key(current))
+        walked.append(current)
+        try:
+            with Disk() as disk:
+                disk.open(current, None, BROWSE_FLAGS)
+                current = find_parent(disk.image(0), search_paths)
+        except VDError as exc:
+            return walked[::-1], exc
+    # Only reached when the chain is sound after all (a file changed meanwhile).
+    return walked[::-1], VDError("the chain could not be read", path)
+
+
+def _mark_broken_below(node: Node, broken: Node | None) -> None:
+    """Images above a broken one cannot be opened with their chain either: say why."""
+    if node.error is None and broken is not None:
+        node.error = ChainBroken(f"an image it is built on, {broken.name}, has a problem: "
+                                 f"{broken.error.message if broken.error else 'unreadable'}",
+                                 node.path)
+    below = node if node.error is not None and broken is None else broken
+    for child in node.children:
+        _mark_broken_below(child, below)
+
+
+def _check_link(node: Node) -> None:
+    """Record on a child whose stored parent UUID is not its parent's UUID why the
+    chain cannot be opened (the engine refuses it with the same error)."""
+    parent = node.parent
+    if node.error is not None or parent is None or node.info is None or parent.info is None:
+        return
+    wanted, actual = node.info.parent_uuid, parent.info.uuid
+    if wanted in (None, NIL_UUID) or actual is None or wanted == actual:
+        return
+    node.error = UuidMismatch(
+        f"the parent UUID stored in it ({wanted}) is not the UUID of the image found as "
+        f"its parent, {parent.path} ({actual}); if that is the right parent (a copy, or "
+        f"one whose UUID was changed), re-link it", node.path)
+
+
+def _find_duplicates(tree: LibraryTree) -> None:
+    by_uuid: dict[uuidlib.UUID, list[Node]] = {}
+    for node in tree.nodes.values():
+        if node.info is not None and node.info.uuid not in (None, NIL_UUID):
+            by_uuid.setdefault(node.info.uuid, []).append(node)
+    for value, nodes in by_uuid.items():
+        if len(nodes) > 1:
+            nodes.sort(key=lambda n: n.path)
+            tree.duplicates[value] = nodes
+            for node in nodes:
+                node.same_uuid = [n for n in nodes if n is not node]
 
 
 def check_new_entry(path: str, search_paths: Sequence[str] = ()) -> VDError | None:
@@ -296,12 +379,27 @@ class Library:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_library_path()
         self._entries: list[str] = []
+        self._search_paths: list[str] = []
         self.load()
 
     @property
     def entries(self) -> list[str]:
         """The opened images (absolute paths), in the order they were added."""
         return list(self._entries)
+
+    @property
+    def search_paths(self) -> list[str]:
+        """Folders searched for parent images that are not beside their children."""
+        return list(self._search_paths)
+
+    def add_search_path(self, folder: str | os.PathLike[str]) -> bool:
+        """Remember ``folder`` (saved at once); False when it was known already."""
+        folder = os.path.abspath(os.fspath(folder))
+        if folder in self._search_paths:
+            return False
+        self._search_paths.append(folder)
+        self.save()
+        return True
 
     def __contains__(self, path: object) -> bool:
         if not isinstance(path, (str, os.PathLike)):
@@ -319,6 +417,7 @@ class Library:
         overwritten, so nothing the person had is lost.
         """
         self._entries = []
+        self._search_paths = []
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -329,8 +428,10 @@ class Library:
         try:
             data = json.loads(text)
             images = data["images"]
-            if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-                raise ValueError("'images' is not a list of paths")
+            folders = data.get("search_paths", [])
+            for key, value in (("images", images), ("search_paths", folders)):
+                if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                    raise ValueError(f"'{key}' is not a list of paths")
         except (ValueError, KeyError, TypeError) as exc:
             bad = self.path.with_name(self.path.name + ".bad")
             log.warning("the library %s is damaged (%s); moved aside to %s",
@@ -341,10 +442,12 @@ class Library:
                 pass
             return
         self._entries = list(dict.fromkeys(os.path.abspath(p) for p in images))
+        self._search_paths = list(dict.fromkeys(os.path.abspath(p) for p in folders))
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT_VERSION, "images": self._entries}
+        data = {"format": FORMAT_VERSION, "images": self._entries,
+                "search_paths": self._search_paths}
         fd, tmp = tempfile.mkstemp(prefix=".library-", suffix=".json", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -381,6 +484,20 @@ class Library:
             self.save()
         return removed
 
-    def scan(self, search_paths: Sequence[str] = (),
-             progress: Progress | None = None) -> LibraryTree:
-        return scan(self.entries, search_paths, progress)
+    def replace(self, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> bool:
+        """Put ``new`` where the entry ``old`` was (an image a merge deleted, replaced by
+        the one that received its data); False when ``old`` is not an entry."""
+        key, new_path = path_key(old), os.path.abspath(os.fspath(new))
+        index = next((i for i, p in enumerate(self._entries) if path_key(p) == key), None)
+        if index is None:
+            return False
+        if new_path in self:
+            del self._entries[index]
+        else:
+            self._entries[index] = new_path
+        self.save()
+        return True
+
+    def scan(self, progress: Progress | None = None) -> LibraryTree:
+        """:func:`scan` of the entries, with the library's search paths."""
+        return scan(self.entries, self.search_paths, progress)

@@ -4,15 +4,22 @@ No test may open a dialog that blocks: ``QMessageBox.exec`` and ``QDialog.exec``
 are replaced for every test by :class:`DialogRecorder`, which records the dialog
 and answers it (Cancel by default; ``accept = True`` clicks the accepting button).
 The file dialogs' static functions fail the test if anything calls them.
+
+The application runs its coroutines (the allocation map) on a qasync event loop;
+tests get one that counts as running inside pytest-qt's Qt event loop, so the
+coroutines advance whenever a test waits (``qtbot.waitSignal`` and friends).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox
+import qasync
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
 
 from vdgui.gui.errors import CrashDialog
 from vdgui.gui.settings import Settings
@@ -42,6 +49,16 @@ class DialogRecorder:
     @property
     def crashes(self) -> list[Recorded]:
         return [d for d in self.dialogs if d.kind == "crash"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def event_loop_qasync(qapp: QApplication) -> Iterator[asyncio.AbstractEventLoop]:
+    """A qasync loop over the tests' QApplication, running while Qt's loop runs."""
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.events._set_running_loop(None)
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +95,8 @@ def dialogs(monkeypatch: pytest.MonkeyPatch) -> DialogRecorder:
 
     monkeypatch.setattr(QMessageBox, "exec", message_exec)
     monkeypatch.setattr(QDialog, "exec", dialog_exec)
-    for name in ("getOpenFileName", "getOpenFileNames", "getSaveFileName"):
+    for name in ("getOpenFileName", "getOpenFileNames", "getSaveFileName",
+                 "getExistingDirectory"):
         monkeypatch.setattr(QFileDialog, name, no_file_dialog)
     return recorder
 

@@ -11,10 +11,10 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QRadioButton, QWizard
 
-from vdgui.engine import ImageFlags, OpenFlags, discover_chain, open_chain
+from vdgui.engine import Geometry, ImageFlags, OpenFlags, discover_chain, open_chain
 from vdgui.gui.wizards.create import NewImageWizard, PageId, creatable_backends
 
-from .helpers import MIB, open_and_wait
+from .helpers import MIB, click, open_and_wait
 
 Button = QWizard.WizardButton
 
@@ -158,3 +158,54 @@ def test_creation_failure_is_reported(qtbot, window, tmp_path, dialogs, monkeypa
         window.create_image(edits.CreateParams(str(tmp_path / "x.vdi"), "VDI", size=MIB))
     assert dialogs.titles() == ["Out of disk space"]
     assert window.library.entries == []
+
+
+def test_format_options_and_geometry_reach_the_image(qtbot, window, tmp_path, dialogs):
+    wizard = window.new_image()
+    next_page(qtbot, wizard)  # VDI
+    page = wizard.variant_page
+    options = page.format_options
+    assert set(options.fields) == {"AllocationBlockSize", "DataAlignment"}
+    assert not options.expert.isVisibleTo(page)  # expert options stay closed...
+    options.expert_toggle.click()  # ...until asked for
+    type_into(qtbot, options.fields["AllocationBlockSize"], "lots")
+    next_page(qtbot, wizard)
+    assert wizard.currentId() == PageId.VARIANT
+    assert "AllocationBlockSize must be a number" in page.error.text()
+    type_into(qtbot, options.fields["AllocationBlockSize"], "2M")
+    next_page(qtbot, wizard)
+
+    assert wizard.currentId() == PageId.SIZE
+    size_page = wizard.size_page
+    assert size_page.lchs.isVisibleTo(size_page)  # VDI stores a logical geometry
+    assert not size_page.pchs.isVisibleTo(size_page)  # but no physical one
+    type_into(qtbot, size_page.size_edit.line_edit, "32M")
+    for part, value in (("cylinders", "64"), ("heads", "16"), ("sectors", "63")):
+        type_into(qtbot, size_page.lchs.spins[part].lineEdit(), value)
+    next_page(qtbot, wizard)
+    target = tmp_path / "options.vdi"
+    type_into(qtbot, wizard.location_page.path_edit.line_edit, str(target))
+    next_page(qtbot, wizard)
+    command = wizard.summary_page.command.text()
+    assert "-o AllocationBlockSize=2M --lchs 64/16/63" in command
+    with qtbot.waitSignal(window.refreshed, timeout=10_000):
+        click(qtbot, wizard.button(Button.FinishButton))
+    with open_chain(target, OpenFlags.READONLY | OpenFlags.INFO) as disk:
+        assert disk.size == 32 * MIB
+        assert disk[0].lchs == Geometry(64, 16, 63)
+        assert "2097152" in " ".join(f"{k} {v}" for k, v in disk[0].describe())
+    assert dialogs.dialogs == []
+
+
+def test_size_is_limited_where_the_format_is(qtbot, window):
+    wizard = window.new_image()
+    buttons = {b.accessibleName(): b for b in wizard.format_page.group.buttons()}
+    click(qtbot, buttons["VHD"])
+    while wizard.currentId() != PageId.SIZE:
+        next_page(qtbot, wizard)
+    edit = wizard.size_page.size_edit
+    assert "at most 2040 GiB" in wizard.size_page.limit.text()
+    type_into(qtbot, edit.line_edit, "3T")
+    assert not wizard.button(Button.NextButton).isEnabled()
+    assert "at most 2040 GiB" in edit.problem()
+    wizard.reject()

@@ -67,3 +67,59 @@ def test_missing_and_orphaned_images_are_reported(tmp_path):
     assert missing.info is None and missing.error.status == "VERR_FILE_NOT_FOUND"
     assert isinstance(check_new_entry(str(diff2)), ParentNotFound)
     assert check_new_entry(str(base)) is None
+
+
+def test_search_paths_persist_and_replace_keeps_order(tmp_path):
+    path = tmp_path / "library.json"
+    library = Library(path)
+    a, b, c = (str(tmp_path / n) for n in ("a.vdi", "b.vdi", "c.vdi"))
+    library.add([a, b])
+    assert library.add_search_path(tmp_path / "parents")
+    assert not library.add_search_path(tmp_path / "parents")
+    assert library.replace(a, c) and library.entries == [c, b]
+    assert library.replace(c, b) and library.entries == [b]  # already there: merged
+    assert not library.replace(a, b)
+    again = Library(path)
+    assert again.entries == [b] and again.search_paths == [str(tmp_path / "parents")]
+
+
+def test_scan_reports_uuid_mismatches_duplicates_and_broken_chains(tmp_path):
+    import shutil
+    import uuid as uuidlib
+
+    from vdgui.engine import Disk
+    from vdgui.engine.errors import UuidMismatch
+    from vdgui.library import ChainBroken
+
+    base, diff = tmp_path / "base.vhd", tmp_path / "diff.vhd"
+    top = tmp_path / "top.vhd"
+    with Disk() as disk:
+        disk.create_base(base, 1 << 20, "VHD")
+        disk.create_diff(diff)
+        disk.create_diff(top)
+    with Disk() as disk:
+        disk.open(base, None, OpenFlags.INFO)
+        disk.set_uuid(0, uuidlib.uuid4())  # the children still name the old UUID
+    (tmp_path / "copies").mkdir()
+    shutil.copy(base, tmp_path / "copies" / "base.vhd")
+    tree = scan([str(top), str(tmp_path / "copies" / "base.vhd")])
+    assert isinstance(tree.find(diff).error, UuidMismatch)
+    assert "re-link it" in tree.find(diff).error.message
+    assert isinstance(tree.find(top).error, ChainBroken)  # above the broken link
+    assert "diff.vhd" in tree.find(top).error.message
+    assert tree.find(base).ok and not tree.find(base).error
+    assert [n.name for n in tree.find(base).same_uuid] == ["base.vhd"]
+    assert len(tree.duplicates) == 1
+
+
+def test_partial_chains_are_shown_up_to_the_missing_parent(tmp_path):
+    from vdgui.engine.chain import ParentNotFound
+    from vdgui.library import ChainBroken
+    base, diff1, diff2 = make_chain(tmp_path)
+    os.unlink(base)
+    tree = scan([str(diff2)])
+    assert [n.name for n in tree.roots] == ["diff1.vdi"]
+    assert isinstance(tree.find(diff1).error, ParentNotFound)
+    assert tree.find(diff1).info is not None  # readable: only its parent is missing
+    assert isinstance(tree.find(diff2).error, ChainBroken)
+    assert tree.find(diff2).in_library

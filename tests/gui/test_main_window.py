@@ -295,13 +295,19 @@ def test_dropping_files_opens_them(qtbot, window, chain):
 
 
 def test_actions_have_shortcuts_tooltips_and_names(window):
-    for action in (window.open_action, window.new_action, window.new_diff_action,
-                   window.remove_action, window.refresh_action, window.quit_action):
-        assert not action.shortcut().isEmpty(), action.text()
-        assert action.toolTip() and action.statusTip()
+    shortcuts = set()
+    for action in window.all_actions:
+        keys = action.shortcut().toString()
+        assert keys, action.text()
+        assert keys not in shortcuts, f"{keys} is used twice"
+        shortcuts.add(keys)
+        assert action.toolTip() and action.statusTip(), action.text()
     assert window.tree.accessibleName() == "Disk images"
     for panel in window.panels:
         assert panel.accessibleName()
+    for widget in (window.filter_edit, window.map_view, window.map_view.grid,
+                   window.jobs_view, window.jobs_view.table, window.chain_panel.diagram):
+        assert widget.accessibleName(), widget
 
 
 def test_about_names_the_versions(window, dialogs):

@@ -25,6 +25,9 @@ SMALL_UNITS = {
     "VHD": {"BlockSize": "262144"},
     "VHDX": {"block_size": "1M"},
     "Parallels": {"cluster_size": "65536"},
+    # 64 KiB grains (the format's only size); zeroed-grain entries, so that compaction
+    # and discard mark zero grains rather than keep them.
+    "VMDK": {"ZeroedGrain": "1"},
 }
 
 
@@ -56,8 +59,10 @@ def with_diffs(extra=lambda info, cls: True) -> list[Fmt]:
     return _formats(lambda info, cls: info.has(Capability.DIFF) and extra(info, cls))
 
 
-def compactable() -> list[Fmt]:
-    return _formats(lambda info, cls: _implements(cls, "unmap", "pack"))
+def compactable(diffs: bool = False) -> list[Fmt]:
+    """Formats that can be compacted (``diffs``: and be differencing images)."""
+    return _formats(lambda info, cls: _implements(cls, "unmap", "pack")
+                    and (not diffs or info.has(Capability.DIFF)))
 
 
 def resizable() -> list[Fmt]:
@@ -65,8 +70,9 @@ def resizable() -> list[Fmt]:
 
 
 def discardable() -> list[Fmt]:
+    """Formats that can discard, as differencing images."""
     return _formats(lambda info, cls: info.has(Capability.DISCARD)
-                    and _implements(cls, "unmap", "pack"))
+                    and info.has(Capability.DIFF) and _implements(cls, "unmap", "pack"))
 
 
 def mergeable() -> list[Fmt]:

@@ -50,6 +50,8 @@ class ChangeSet:
     removed: tuple[str, ...] = ()
     #: The image to select when the operation is done.
     select: str | None = None
+    #: What was done, in a sentence (status bar, jobs panel); "" for the default.
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class Edit:
     #: Completes "vdgui could not ..." in an error message.
     doing: str
     run: Callable[[Progress], ChangeSet] = field(repr=False)
+    #: The images it changes and those it reads: locked while it runs.
+    writes: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
 
 
 # -- validation -----------------------------------------------------------------------
@@ -186,7 +191,8 @@ def _check_not_locked(path: str) -> None:
 # -- creating images ------------------------------------------------------------------
 
 
-def _size_argument(size: int) -> str:
+def size_argument(size: int) -> str:
+    """A size for the command line: ``20G`` when exact, else the byte count."""
     for suffix, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if size >= scale and size % scale == 0:
             return f"{size // scale}{suffix}"
@@ -205,6 +211,13 @@ class CreateParams:
     comment: str = ""
     #: The image a differencing image is made from; None for a base image.
     parent: str | None = None
+    #: The format's creation options (``-o KEY=VALUE``).
+    config: tuple[tuple[str, str], ...] = ()
+    #: Geometries to store (None: the format's default).
+    pchs: Geometry | None = None
+    lchs: Geometry | None = None
+    #: Folders searched for the parent's own ancestors (differencing images).
+    search_paths: tuple[str, ...] = ()
 
     def command(self) -> str:
         """The equivalent ``vdimg`` command line, for scripting what the wizard did."""
@@ -212,13 +225,27 @@ class CreateParams:
         if self.parent is None:
             args += ["-v", ",".join(variant_names(self.image_flags))]
         else:
-            args += ["--parent", self.parent]
+            args += ["--parent", self.parent] + search_arguments(self.search_paths)
+        args += option_arguments(self.config)
+        for flag, geometry in (("--pchs", self.pchs), ("--lchs", self.lchs)):
+            if geometry is not None:
+                args += [flag, str(geometry)]
         if self.comment:
             args += ["--comment", self.comment]
         args.append(self.path)
         if self.parent is None and self.size is not None:
-            args.append(_size_argument(self.size))
+            args.append(size_argument(self.size))
         return shlex.join(args)
+
+
+def option_arguments(config: Sequence[tuple[str, str]]) -> list[str]:
+    """``-o KEY=VALUE`` arguments for a format's creation options."""
+    return [arg for key, value in config for arg in ("-o", f"{key}={value}")]
+
+
+def search_arguments(folders: Sequence[str]) -> list[str]:
+    """``--search-path DIR`` arguments."""
+    return [arg for folder in folders for arg in ("--search-path", folder)]
 
 
 def create_image(params: CreateParams, progress: Progress | None = None) -> ChangeSet:
@@ -227,14 +254,16 @@ def create_image(params: CreateParams, progress: Progress | None = None) -> Chan
         raise InvalidParameter("a file with this name already exists; vdgui never "
                                "overwrites files", params.path)
     comment = params.comment or None
+    config = dict(params.config)
     if params.parent is None:
         if params.size is None:
             raise InvalidParameter("a new base image needs a size", params.path)
         with Disk() as disk:
             disk.create_base(params.path, params.size, params.backend, params.image_flags,
-                             comment=comment, progress=progress)
+                             comment=comment, pchs=params.pchs, lchs=params.lchs,
+                             config=config, progress=progress)
     else:
-        with open_chain(params.parent, OpenFlags.READONLY) as disk:
+        with open_chain(params.parent, OpenFlags.READONLY, params.search_paths) as disk:
             disk.create_diff(params.path, params.backend, params.image_flags,
-                             comment=comment, progress=progress)
+                             comment=comment, config=config, progress=progress)
     return ChangeSet(created=(params.path,), select=params.path)

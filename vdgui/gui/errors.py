@@ -31,6 +31,8 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QMessageBox,
 from .. import __version__
 from ..engine import VDError, errors as vd
 from ..engine.chain import ParentNotFound
+from ..library import ChainBroken
+from .jobs import ImageBusy
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class ErrorReport:
 #: Error class -> (title, what it means in words, what to try).  Looked up along the
 #: class's MRO, so the most specific entry wins.
 _WORDS: dict[type[VDError], tuple[str, str, str]] = {
+    ChainBroken: (
+        "Broken chain",
+        "an image it is built on has a problem",
+        "Select that image in the tree to see what is wrong with it and how to fix it."),
     ParentNotFound: (
         "Parent image not found",
         "it is a differencing image, and the image it was made from could not be found",
@@ -63,6 +69,10 @@ _WORDS: dict[type[VDError], tuple[str, str, str]] = {
         "Permission denied",
         "you do not have permission to access the file",
         "Check the file's permissions, or whether it lies on a read-only file system."),
+    ImageBusy: (
+        "Image busy",
+        "another operation in vdgui is using the image",
+        "Wait until it ends (the Jobs panel lists it), or cancel it there."),
     vd.ImageInUse: (
         "Image in use",
         "another program (perhaps a running virtual machine or qemu) is using the image",
@@ -105,6 +115,11 @@ _WORDS: dict[type[VDError], tuple[str, str, str]] = {
         "Wrong kind of image",
         "the image cannot be used this way",
         "Differencing images must be opened together with their parents."),
+    vd.ShrinkNotSupported: (
+        "Cannot shrink",
+        "the image cannot be made that small",
+        "Nothing was changed. Choose a larger size, or move the data stored near the "
+        "end of the disk first."),
     vd.InvalidSize: (
         "Invalid size",
         "the size is not allowed",

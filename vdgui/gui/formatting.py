@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 
 import humanize
@@ -48,6 +49,21 @@ def size_tooltip(n: int, what: str = "") -> str:
     """``Virtual size: 64 MiB (67,108,864 bytes)``."""
     prefix = f"{what}: " if what else ""
     return f"{prefix}{human_size(n)} ({exact_bytes(n)})"
+
+
+def rate_text(per_second: float) -> str:
+    """``120 MiB/s``."""
+    return f"{human_size(int(per_second))}/s"
+
+
+def duration_text(seconds: float) -> str:
+    """``3 seconds``, ``2 minutes``, ``an hour`` (humanize's natural wording)."""
+    return humanize.naturaldelta(datetime.timedelta(seconds=max(seconds, 0)))
+
+
+def offset_text(offset: int) -> str:
+    """``at 2 MiB (0x200000)``: where something lies, for people and hex editors."""
+    return f"at {human_size(offset)} ({offset:#x})"
 
 
 def exact_size(n: int) -> str:

@@ -1,6 +1,7 @@
 """Per-user settings of the desktop application (QSettings in an INI file).
 
-Window geometry and state, recent files, the last folder used.  The file lives in
+Window geometry and state (docks included), recent files, the last folder used,
+the library filter.  The file lives in
 the user configuration directory (``platformdirs.user_config_dir("vdgui")``, or
 under ``$VDGUI_HOME``, see :func:`vdgui.library.app_dir`); tests pass their own path.
 """
@@ -64,6 +65,15 @@ class Settings:
     @splitter_state.setter
     def splitter_state(self, value: QByteArray) -> None:
         self._qs.setValue("window/splitter", value)
+
+    @property
+    def filter_text(self) -> str:
+        value = self._qs.value("window/filter", "")
+        return str(value) if value else ""
+
+    @filter_text.setter
+    def filter_text(self, text: str) -> None:
+        self._qs.setValue("window/filter", text)
 
     # -- files
 

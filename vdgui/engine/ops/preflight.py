@@ -22,6 +22,7 @@ SLACK = 4 << 20
 
 def held_bytes(disk: Disk, top: int, bottom: int = 0, length: int | None = None) -> int:
     """Bytes of the virtual disk that images ``top`` .. ``bottom`` store as data."""
+    top = disk._index(top)
     end = min(disk.image(top).size if length is None else length, disk.image(top).size)
     total = 0
     pos = 0

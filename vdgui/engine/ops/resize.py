@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..blockmap import zeros
 from ..container import Disk
-from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
+from ..errors import InvalidSize, NotSupported, ReadOnly, ShrinkNotSupported, VDError
+from ..formats.base import Image
 from ..progress import Progress, part, report
 from ..sizes import align_up
-from ..types import SECTOR, Geometry, ImageFlags
+from ..types import SECTOR, Geometry, ImageFlags, Status
 from .preflight import ensure_space
 
 
@@ -44,8 +45,11 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
         image.resize(size, part(progress, 0, 0.95))
         _hide_below(disk, old_size, size)
         disk.cache_update(min(old_size, size), abs(size - old_size))
-        for current, given, limit, setter in ((old_pchs, pchs, 16383, disk.set_pchs),
-                                              (old_lchs, lchs, None, disk.set_lchs)):
+        for current, given, limit, setter, getter in (
+                (old_pchs, pchs, 16383, disk.set_pchs, lambda: image.pchs),
+                (old_lchs, lchs, None, disk.set_lchs, lambda: image.lchs)):
+            if given is None and _current(getter) != current:
+                continue  # the format derived its own geometry for the new size (VHD)
             new = given if given is not None and given.cylinders else _recompute(
                 given if given is not None and given.heads else current, size, limit)
             if new is not None and new != current:
@@ -55,6 +59,29 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
                     pass
         disk._refresh_cache()
         report(progress, 1, 1, "done")
+
+
+def check_resizable(disk: Disk, size: int) -> None:
+    """Raise what :func:`resize` would refuse up front, changing nothing: a format
+    that cannot resize, a read-only image, a bad size, or a shrink that would cut
+    off what the top image stores (the format may still refuse more at run time)."""
+    if not len(disk):
+        raise NotSupported("no image is opened")
+    image = disk.image(-1)
+    if type(image).resize is Image.resize:
+        raise NotSupported(f"the {image.info.name} format cannot be resized", image.path)
+    if image.read_only:
+        raise ReadOnly("the image is opened read-only", image.path)
+    if size <= 0 or size % SECTOR:
+        raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
+                          image.path)
+    pos = size
+    while pos < image.size:
+        status, run = image.block_status(pos, image.size - pos)
+        if status is Status.DATA:
+            raise ShrinkNotSupported(f"data is stored beyond the new end (from offset {pos}); "
+                                     f"shrinking would lose it", image.path)
+        pos += run
 
 
 def _hide_below(disk: Disk, old_size: int, size: int) -> None:

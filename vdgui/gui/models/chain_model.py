@@ -3,12 +3,14 @@
 Each base image is a top-level row with the differencing images made from it
 beneath (a snapshot chain is a deep branch).  Columns: name, format, virtual size,
 actual size (the file's length; the tooltip adds the exact bytes and the space it
-really occupies on disk) and variant.  Images that cannot be read, or whose
-parent is missing, carry a warning icon and say why in their tooltip.
+really occupies on disk) and variant.  Images that cannot be read, whose parent
+is missing or does not match, or that share their UUID with another file, carry a
+warning icon and say why in their tooltip.
 
 The model holds a snapshot produced by :func:`vdgui.library.scan` on a worker
 thread; :meth:`ChainModel.set_tree` swaps it in.  ``SORT_ROLE`` gives numbers for
 the size columns so that a sort proxy compares bytes, not strings.
+:class:`LibraryFilterProxy` sorts and filters the tree by name, path or UUID.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import enum
 import html
 from typing import Any
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtCore import (QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex,
+                            QSortFilterProxyModel, Qt)
 
 from ...engine import DiskType
 from ...library import LibraryTree, Node
@@ -187,11 +190,14 @@ def _tooltip(node: Node, column: Column) -> str:
     if node.error is not None:
         what = "Inaccessible" if info is None else "Problem"
         lines.append(f"<hr>{what}: {html.escape(_problem(node))}")
+    elif node.same_uuid:
+        others = ", ".join(html.escape(n.path) for n in node.same_uuid)
+        lines.append(f"<hr>Same UUID as: {others} (give the copy a new UUID)")
     return "<br>".join(lines)
 
 
 def _icon(node: Node) -> Any:
-    if node.error is not None:
+    if node.error is not None or node.same_uuid:
         return icons.icon("broken")
     assert node.info is not None
     if node.info.disk_type == DiskType.DVD:
@@ -208,4 +214,48 @@ def _accessible(node: Node, column: Column) -> str:
             text += ", " + ("inaccessible: " if node.info is None else "problem: ") + _problem(node)
         elif node.info is not None:
             text += ", differencing image" if node.info.is_diff else ", base image"
+            if node.same_uuid:
+                text += f", same UUID as {node.same_uuid[0].name}"
     return text
+
+
+def matches(node: Node, text: str) -> bool:
+    """Whether ``text`` (part of a name, a path or a UUID) designates ``node``."""
+    wanted = text.strip().strip("{}").lower()
+    if not wanted:
+        return True
+    if wanted in node.path.lower():
+        return True
+    info = node.info
+    return info is not None and info.uuid is not None and wanted in str(info.uuid)
+
+
+class LibraryFilterProxy(QSortFilterProxyModel):
+    """Sorts by :data:`SORT_ROLE`; shows the images matching the filter text (with
+    their ancestors, so the tree stays a tree)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._text = ""
+        self.setSortRole(SORT_ROLE)
+        self.setRecursiveFilteringEnabled(True)
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def set_text(self, text: str) -> None:
+        if hasattr(self, "beginFilterChange"):  # Qt 6.10 and later
+            self.beginFilterChange()
+            self._text = text
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self._text = text
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, row: int, parent: Index) -> bool:
+        model = self.sourceModel()
+        if not isinstance(model, ChainModel):
+            return True
+        node = model.node(model.index(row, 0, parent))
+        return node is not None and matches(node, self._text)

@@ -6,11 +6,12 @@ main window runs on a worker thread.
 """
 
 from .base import Panel
+from .chain import ChainPanel
 from .comment import CommentPanel
 from .flags import FlagsPanel
 from .general import GeneralPanel
 from .geometry import GeometryPanel
 from .uuids import UuidPanel
 
-__all__ = ["Panel", "GeneralPanel", "GeometryPanel", "UuidPanel", "CommentPanel",
+__all__ = ["Panel", "ChainPanel", "GeneralPanel", "GeometryPanel", "UuidPanel", "CommentPanel",
            "FlagsPanel"]

@@ -47,4 +47,5 @@ class CommentPanel(EditablePanel):
             return None
         name = os.path.basename(node.path)
         return edits.Edit(f"Changing the comment of {name}", "change the comment of",
-                          lambda progress: edits.set_comment(node.path, text))
+                          lambda progress: edits.set_comment(node.path, text),
+                          writes=(node.path,), reads=tuple(a.path for a in node.ancestors()))

@@ -89,4 +89,5 @@ class GeometryPanel(EditablePanel):
         new_lchs = lchs if lchs_changed else None
         return edits.Edit(f"Changing the geometry of {os.path.basename(node.path)}",
                           "change the geometry of",
-                          lambda progress: edits.set_geometry(node.path, new_pchs, new_lchs))
+                          lambda progress: edits.set_geometry(node.path, new_pchs, new_lchs),
+                          writes=(node.path,), reads=tuple(a.path for a in node.ancestors()))

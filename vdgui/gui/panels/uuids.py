@@ -121,7 +121,9 @@ class UuidPanel(EditablePanel):
               children: list[str]) -> edits.Edit:
         return edits.Edit(f"Changing the UUIDs of {os.path.basename(node.path)}",
                           "change the UUIDs of",
-                          lambda progress: edits.set_uuids(node.path, changes, children))
+                          lambda progress: edits.set_uuids(node.path, changes, children),
+                          writes=(node.path, *children),
+                          reads=tuple(a.path for a in node.ancestors()))
 
     def regenerate(self, name: str) -> None:
         """"New": give the image a fresh random UUID, after a warning."""

@@ -1,15 +1,32 @@
-"""The running jobs, in the status bar: what is running, how far, and Cancel."""
+"""The jobs, in two places: the status bar shows the latest running one with Cancel;
+the Jobs panel (a dock) lists every operation, running or ended, with its progress,
+speed, time left and outcome."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Slot
+from PySide6.QtGui import QAction, QKeySequence, QPainter
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QHeaderView,
+                               QLabel, QProgressBar, QPushButton, QStyle, QStyledItemDelegate,
+                               QStyleOptionProgressBar, QStyleOptionViewItem, QToolButton,
+                               QTreeView, QVBoxLayout, QWidget)
 
 from .. import icons
+from ..formatting import duration_text, rate_text
 from ..jobs import Job, JobRunner
+from ..models.jobs_model import FRACTION_ROLE, JobColumn, JobsModel
 
 #: Progress bar resolution (QProgressBar holds 32-bit ints; byte counts do not fit).
 _SCALE = 1000
+
+
+def speed_words(job: Job) -> str:
+    """``, 120 MiB/s, 3 seconds left`` (empty when unknown)."""
+    if job.unit != "bytes" or not job.speed:
+        return ""
+    words = f", {rate_text(job.speed)}"
+    eta = job.eta
+    return words + (f", {duration_text(eta)} left" if eta is not None else "")
 
 
 class JobsPanel(QWidget):
@@ -63,7 +80,7 @@ class JobsPanel(QWidget):
         others = len(self.runner.active) - 1
         more = f" (+{others} more)" if others > 0 else ""
         stage = f": {job.stage}" if job.stage else ""
-        self.label.setText(f"{job.title}{stage}{more}")
+        self.label.setText(f"{job.title}{stage}{speed_words(job)}{more}")
         if job.total_units > 0:
             self.bar.setRange(0, _SCALE)
             self.bar.setValue(min(job.done_units * _SCALE // job.total_units, _SCALE))
@@ -76,3 +93,91 @@ class JobsPanel(QWidget):
             self._job.cancel()
             self.label.setText(f"{self._job.title}: cancelling…")
             self.cancel_button.setEnabled(False)
+
+
+class ProgressDelegate(QStyledItemDelegate):
+    """Draws the progress column as a progress bar in the style of the platform."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:
+        fraction = index.data(FRACTION_ROLE)
+        if fraction is None:
+            super().paint(painter, option, index)
+            return
+        bar = QStyleOptionProgressBar()
+        bar.rect = option.rect.adjusted(2, 2, -2, -2)
+        bar.minimum, bar.maximum = 0, _SCALE
+        bar.progress = int(fraction * _SCALE)
+        bar.text = index.data() or ""
+        bar.textVisible = True
+        bar.state = option.state
+        bar.palette = option.palette
+        style = option.widget.style() if option.widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)
+
+
+class JobsView(QWidget):
+    """Every operation of this session: cancel running ones, clear ended ones."""
+
+    def __init__(self, runner: JobRunner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = runner
+        self.setAccessibleName("Jobs")
+        self.model = JobsModel(runner, self)
+        self.table = QTreeView(self)
+        self.table.setModel(self.model)
+        self.table.setRootIsDecorated(False)
+        self.table.setUniformRowHeights(True)
+        self.table.setAlternatingRowColors(True)
+        self.table.setAccessibleName("Operations, newest first")
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setItemDelegateForColumn(JobColumn.PROGRESS, ProgressDelegate(self.table))
+        header = self.table.header()
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(JobColumn.OPERATION, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(JobColumn.OPERATION, 260)
+        header.resizeSection(JobColumn.PROGRESS, 140)
+        for column in (JobColumn.SPEED, JobColumn.LEFT):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.cancel_button = QPushButton(icons.icon("cancel"), "&Cancel", self)
+        self.cancel_button.setToolTip("Cancel the selected operation; the images are left as "
+                                      "they were (Delete)")
+        self.cancel_button.setAccessibleName("Cancel the selected operation")
+        # Delete in the list cancels (only there: elsewhere it removes an image).
+        cancel = QAction("Cancel the selected operation", self.table)
+        cancel.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        cancel.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        cancel.triggered.connect(self.cancel_selected)
+        self.table.addAction(cancel)
+        self.clear_button = QPushButton("C&lear finished", self)
+        self.clear_button.setToolTip("Remove the operations that have ended from the list")
+        self.clear_button.setAccessibleName("Clear finished operations")
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.clear_button.clicked.connect(runner.clear_history)
+        self.table.selectionModel().currentChanged.connect(self._update_buttons)
+        self.model.dataChanged.connect(self._update_buttons)
+        self.model.rowsInserted.connect(self._update_buttons)
+        self.model.rowsRemoved.connect(self._update_buttons)
+        self._update_buttons()
+
+    def selected_job(self) -> Job | None:
+        return self.model.job(self.table.currentIndex())
+
+    def cancel_selected(self) -> None:
+        job = self.selected_job()
+        if job is not None and not job.is_done:
+            job.cancel()
+            self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        job = self.selected_job()
+        self.cancel_button.setEnabled(job is not None and not job.is_done and not job.cancelled)
+        self.clear_button.setEnabled(bool(self.runner.history))

@@ -1,4 +1,4 @@
-"""A file path field with a "Browse..." button."""
+"""A file (or folder) path field with a "Browse..." button."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .. import icons
 class PathMode(enum.Enum):
     OPEN = "open"  # an existing file
     SAVE = "save"  # a new file
+    FOLDER = "folder"  # an existing folder
 
 
 class PathEdit(QWidget):
@@ -54,7 +55,9 @@ class PathEdit(QWidget):
 
     def browse(self) -> None:
         start = self.path() or os.path.expanduser("~")
-        if self.mode is PathMode.OPEN:
+        if self.mode is PathMode.FOLDER:
+            chosen = QFileDialog.getExistingDirectory(self, self.caption, start)
+        elif self.mode is PathMode.OPEN:
             chosen, _ = QFileDialog.getOpenFileName(self, self.caption, start,
                                                     self.file_filter)
         else:

@@ -100,8 +100,8 @@ class SizeEdit(QWidget):
         self.slider.blockSignals(True)
         self.slider.setRange(0, self._position(self._maximum))
         self.slider.blockSignals(False)
-        self.min_label.setText(human_size(self._minimum))
-        self.max_label.setText(human_size(self._maximum))
+        self.min_label.setText(exact_size(self._minimum))
+        self.max_label.setText(exact_size(self._maximum))
         self._on_text(self.line_edit.text())
 
     # -- slider scale
@@ -134,9 +134,9 @@ class SizeEdit(QWidget):
             problem = "Type a size with a unit, for example 512M, 20G or 1.5 TiB."
         else:
             if size < self._minimum:
-                problem = f"The size must be at least {human_size(self._minimum)}."
+                problem = f"The size must be at least {exact_size(self._minimum)}."
             elif size > self._maximum:
-                problem = f"The size must be at most {human_size(self._maximum)}."
+                problem = f"The size must be at most {exact_size(self._maximum)}."
             else:
                 value = size
         self._problem = problem

@@ -1,10 +1,15 @@
 """The "New image" and "New differencing image" wizards.
 
-Pages: format, variant (skipped when the format allows one), size (base images
-only), location, then comment with a summary and the equivalent ``vdimg``
-command.  Every page validates its input before Next; nothing is created until
-Finish, after which the caller reads :meth:`NewImageWizard.params` and runs
-:func:`vdgui.gui.edits.create_image` on a worker thread.
+Pages: format; storage and options (the variant, and the format's creation
+options from its ``BackendInfo.config_keys``; skipped when the format offers no
+choice); size and geometry (base images only: the geometry the format stores,
+defaulted and editable); location; then comment with a summary and the
+equivalent ``vdimg`` command.  Every page validates its input before Next;
+nothing is created until Finish, after which the caller reads
+:meth:`NewImageWizard.params` and runs :func:`vdgui.gui.edits.create_image` on a
+worker thread.
+
+The format, variant and location pages are shared with the copy wizard.
 """
 
 from __future__ import annotations
@@ -13,23 +18,34 @@ import enum
 import os
 from typing import Sequence
 
-from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QRadioButton, QToolButton,
-                               QVBoxLayout, QWidget, QWizard, QWizardPage)
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QGroupBox, QLabel,
+                               QPlainTextEdit, QRadioButton, QVBoxLayout, QWidget, QWizardPage)
 
-from ...engine import (BackendInfo, Capability, ImageFlags, backends, parse_variant,
+from ...engine import (BackendInfo, Capability, Geometry, ImageFlags, backends, parse_variant,
                        variant_names)
+from ...engine.errors import InvalidParameter
+from ...engine.types import default_pchs
 from ...library import Node
-from .. import icons
-from ..edits import CreateParams
-from ..formatting import human_size, variant_words
+from ..edits import CreateParams, validate_geometry
+from ..formatting import exact_size, human_size, variant_words
+from ..panels.geometry import GeometryEditor
+from ..widgets.options_edit import OptionsEdit, offered_keys
 from ..widgets.path_edit import PathEdit, PathMode
 from ..widgets.size_edit import SizeEdit
+from .common import SummaryPage, Wizard, declares, error_label
 
 DEFAULT_SIZE = 16 << 30
 MIN_SIZE = 1 << 20
 MAX_SIZE = 64 << 40
+
+#: The largest virtual size of a format with its default options, where it is below
+#: :data:`MAX_SIZE` or worth saying (the engine checks the exact limit, which some
+#: creation options change, when the image is created).
+KNOWN_MAX_SIZE = {
+    "VHD": 0xFF000000 * 512,   # 2040 GiB: the footer's geometry cannot describe more
+    "VHDX": 64 << 40,          # the specification's limit
+    "QED": 64 << 40,           # 64 KiB clusters and 4-cluster tables
+}
 
 #: Variants chosen with a radio button (how space is allocated); the others are
 #: independent options (check boxes).
@@ -58,7 +74,11 @@ def creatable_backends(differencing: bool) -> list[BackendInfo]:
                                       i.name))
 
 
-def _extensions(info: BackendInfo) -> list[str]:
+def max_size(info: BackendInfo) -> int:
+    return min(MAX_SIZE, KNOWN_MAX_SIZE.get(info.name, MAX_SIZE))
+
+
+def extensions(info: BackendInfo) -> list[str]:
     return [ext for ext, _ in info.extensions]
 
 
@@ -66,32 +86,31 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _error_label(parent: QWidget) -> QLabel:
-    label = QLabel(parent)
-    label.setWordWrap(True)
-    label.setAccessibleName("Problem")
-    return label
-
-
 class FormatPage(QWizardPage):
-    def __init__(self, choices: Sequence[BackendInfo], parent: QWidget | None = None) -> None:
+    def __init__(self, choices: Sequence[BackendInfo], parent: QWidget | None = None,
+                 subtitle: str = "") -> None:
         super().__init__(parent)
         self.setTitle("Image format")
-        self.setSubTitle("Choose the file format of the new image. VDI is VirtualBox's "
-                         "own; choose another to use the image with other programs.")
+        self.setSubTitle(subtitle or "Choose the file format of the new image. VDI is "
+                         "VirtualBox's own; choose another to use the image with other "
+                         "programs.")
         self.choices = list(choices)
         self.group = QButtonGroup(self)
         layout = QVBoxLayout(self)
         for i, info in enumerate(self.choices):
             button = QRadioButton(f"{info.name} ({info.description})", self)
             button.setAccessibleName(info.name)
-            button.setToolTip("Variants: " + variant_words(info.variants))
+            tip = "Variants: " + variant_words(info.variants)
+            if info.name in KNOWN_MAX_SIZE:
+                tip += f"; at most {exact_size(KNOWN_MAX_SIZE[info.name])}"
+            button.setToolTip(tip)
             self.group.addButton(button, i)
             layout.addWidget(button)
         if self.choices:
             self.group.button(0).setChecked(True)
         else:
             layout.addWidget(QLabel("No available format can create such images.", self))
+        layout.addStretch(1)
         self.group.idToggled.connect(lambda *_: self.completeChanged.emit())
 
     def backend(self) -> BackendInfo | None:
@@ -100,22 +119,53 @@ class FormatPage(QWizardPage):
 
     def select(self, name: str) -> None:
         for i, info in enumerate(self.choices):
-            if info.name.lower() == name.lower():
+            if info.name.lower() == name.lower() and self.group.button(i).isEnabled():
                 self.group.button(i).setChecked(True)
 
+    def set_refusals(self, refusals: dict[str, str]) -> None:
+        """Disable the formats named in ``refusals`` (the value says why)."""
+        for i, info in enumerate(self.choices):
+            button = self.group.button(i)
+            why = refusals.get(info.name, "")
+            button.setEnabled(not why)
+            tip = "Variants: " + variant_words(info.variants)
+            button.setToolTip(f"{tip}. {why}" if why else tip)
+        checked = self.group.checkedButton()
+        if checked is None or not checked.isEnabled():
+            enabled = [b for b in self.group.buttons() if b.isEnabled()]
+            if enabled:
+                enabled[0].setChecked(True)
+        self.completeChanged.emit()
+
     def isComplete(self) -> bool:
-        return self.backend() is not None
+        info = self.backend()
+        return info is not None and self.group.checkedButton().isEnabled()
 
 
 class VariantPage(QWizardPage):
+    """How space is allocated, the format's other variants, and its creation options."""
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setTitle("Storage")
+        self.setTitle("Storage and options")
         self.setSubTitle("A dynamically allocated image grows as data is written; a "
                          "fixed-size image takes all its space at once and can be faster.")
-        self._layout = QVBoxLayout(self)
+        self.variants = QWidget(self)
+        self._variants_layout = QVBoxLayout(self.variants)
+        self._variants_layout.setContentsMargins(0, 0, 0, 0)
         self.allocation = QButtonGroup(self)
         self.options: dict[str, QCheckBox] = {}
+        self.format_options = OptionsEdit(self)
+        self.options_box = QGroupBox("Format options", self)
+        self.options_box.setToolTip("Leave a field empty to use the format's default")
+        box_layout = QVBoxLayout(self.options_box)
+        box_layout.addWidget(self.format_options)
+        self.error = error_label(self)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.variants)
+        layout.addWidget(self.options_box)
+        layout.addWidget(self.error)
+        layout.addStretch(1)
         self._backend: BackendInfo | None = None
 
     @staticmethod
@@ -127,14 +177,14 @@ class VariantPage(QWizardPage):
     @classmethod
     def needed(cls, info: BackendInfo) -> bool:
         allocation, options = cls.choices(info)
-        return len(allocation) > 1 or bool(options)
+        return len(allocation) > 1 or bool(options) or bool(offered_keys(info))
 
     def set_backend(self, info: BackendInfo) -> None:
         if info == self._backend:
             return
         self._backend = info
-        while self._layout.count():
-            widget = self._layout.takeAt(0).widget()
+        while self._variants_layout.count():
+            widget = self._variants_layout.takeAt(0).widget()
             if widget is not None:
                 widget.deleteLater()
         for button in self.allocation.buttons():
@@ -142,40 +192,129 @@ class VariantPage(QWizardPage):
         self.options = {}
         allocation, options = self.choices(info)
         for variant in allocation:
-            button = QRadioButton(_sentence(variant_words([variant])), self)
+            button = QRadioButton(_sentence(variant_words([variant])), self.variants)
             button.setProperty("variant", variant)
             button.setAccessibleName(variant)
             self.allocation.addButton(button)
-            self._layout.addWidget(button)
+            self._variants_layout.addWidget(button)
         if self.allocation.buttons():
             self.allocation.buttons()[0].setChecked(True)
         for variant in options:
-            box = QCheckBox(_sentence(variant_words([variant])), self)
+            box = QCheckBox(_sentence(variant_words([variant])), self.variants)
             box.setAccessibleName(variant)
             self.options[variant] = box
-            self._layout.addWidget(box)
-        self._layout.addStretch(1)
+            self._variants_layout.addWidget(box)
+        self.format_options.set_backend(info)
+        self.options_box.setVisible(bool(offered_keys(info)))
+        self.options_box.setTitle(f"{info.name} options")
 
     def image_flags(self) -> ImageFlags:
         names = [b.property("variant") for b in self.allocation.buttons() if b.isChecked()]
         names += [name for name, box in self.options.items() if box.isChecked()]
         return parse_variant(",".join(names))
 
+    def config(self) -> tuple[tuple[str, str], ...]:
+        return self.format_options.config()
+
+    def validatePage(self) -> bool:
+        problem = self.format_options.problem()
+        self.error.setText(problem)
+        return not problem
+
 
 class SizePage(QWizardPage):
-    def __init__(self, parent: QWidget | None = None) -> None:
+    """The virtual size, and the geometry where the format stores one."""
+
+    def __init__(self, parent: QWidget | None = None, minimum: int = MIN_SIZE,
+                 default: int = DEFAULT_SIZE, geometry: bool = True) -> None:
         super().__init__(parent)
         self.setTitle("Size")
         self.setSubTitle("The size of the virtual disk as the virtual machine sees it. "
                          "A dynamically allocated image starts small whatever you choose.")
-        self.size_edit = SizeEdit(self, MIN_SIZE, MAX_SIZE, DEFAULT_SIZE)
+        self.size_edit = SizeEdit(self, minimum, MAX_SIZE, default)
+        self.limit = QLabel(self)
+        self.limit.setWordWrap(True)
+        self.limit.setAccessibleName("Size limit")
+        self.geometry_box = QGroupBox("Geometry", self)
+        self.geometry_box.setToolTip("Cylinders, heads and sectors: only old operating "
+                                     "systems and BIOSes use them")
+        self.pchs = GeometryEditor("Physical geometry (PCHS)", "Physical geometry",
+                                   self.geometry_box)
+        self.lchs = GeometryEditor("Logical geometry (LCHS)", "Logical geometry",
+                                   self.geometry_box)
+        self.geometry_hint = QLabel(self.geometry_box)
+        self.geometry_hint.setWordWrap(True)
+        hint = self.geometry_hint
+        geometry_layout = QVBoxLayout(self.geometry_box)
+        geometry_layout.addWidget(self.pchs)
+        geometry_layout.addWidget(self.lchs)
+        geometry_layout.addWidget(hint)
+        self.error = error_label(self)
         layout = QVBoxLayout(self)
         layout.addWidget(self.size_edit)
+        layout.addWidget(self.limit)
+        layout.addWidget(self.geometry_box)
+        layout.addWidget(self.error)
         layout.addStretch(1)
-        self.size_edit.valueChanged.connect(lambda _: self.completeChanged.emit())
+        self._offer_geometry = geometry
+        self._pchs_edited = False
+        self._filling = False
+        self._backend: BackendInfo | None = None
+        for widget in (self.geometry_box, self.pchs, self.lchs):
+            widget.hide()
+        self.size_edit.valueChanged.connect(self._on_size)
+        for spin in self.pchs.spins.values():
+            spin.valueChanged.connect(self._on_pchs_edited)
+
+    def set_backend(self, info: BackendInfo) -> None:
+        self._backend = info
+        limit = max_size(info)
+        self.size_edit.setRange(self.size_edit.minimum(), limit)
+        self.limit.setText(f"A {info.name} image holds at most {exact_size(limit)}."
+                           if info.name in KNOWN_MAX_SIZE else "")
+        pchs = self._offer_geometry and bool(declares(info, "pchs"))
+        lchs = self._offer_geometry and bool(declares(info, "lchs"))
+        self.pchs.setVisible(pchs)
+        self.lchs.setVisible(lchs)
+        self.geometry_box.setVisible(pchs or lchs)
+        hints = (["The physical geometry is the one VirtualBox derives from the size."]
+                 if pchs else [])
+        hints += ["A logical geometry of 0 / 0 / 0 lets the BIOS choose."] if lchs else []
+        self.geometry_hint.setText(" ".join(hints))
+        self._on_size(self.size_edit.value())
+
+    def _on_size(self, size: int | None) -> None:
+        if size is not None and not self._pchs_edited:
+            self._filling = True
+            self.pchs.set_geometry(default_pchs(size))
+            self._filling = False
+        self.completeChanged.emit()
+
+    def _on_pchs_edited(self) -> None:
+        if not self._filling:
+            self._pchs_edited = True
+
+    def geometries(self) -> tuple[Geometry | None, Geometry | None]:
+        """``(pchs, lchs)`` to store; None where the format stores none or, for the
+        logical one, where it is left "not set"."""
+        pchs = self.pchs.geometry() if not self.pchs.isHidden() else None
+        lchs = self.lchs.geometry() if not self.lchs.isHidden() else None
+        return pchs, (lchs if lchs is not None and lchs.is_set else None)
 
     def isComplete(self) -> bool:
         return self.size_edit.isValid()
+
+    def validatePage(self) -> bool:
+        pchs, lchs = self.geometries()
+        try:
+            for geometry, physical in ((pchs, True), (lchs, False)):
+                if geometry is not None:
+                    validate_geometry(geometry, physical)
+        except InvalidParameter as exc:
+            self.error.setText(_sentence(exc.message) + ".")
+            return False
+        self.error.clear()
+        return True
 
 
 class LocationPage(QWizardPage):
@@ -187,7 +326,7 @@ class LocationPage(QWizardPage):
         self.stem = stem
         self.path_edit = PathEdit(self, PathMode.SAVE, "Save the new image as")
         self.path_edit.setAccessibleName("Image file")
-        self.error = _error_label(self)
+        self.error = error_label(self)
         layout = QVBoxLayout(self)
         layout.addWidget(self.path_edit)
         layout.addWidget(self.error)
@@ -201,17 +340,17 @@ class LocationPage(QWizardPage):
 
     def set_backend(self, info: BackendInfo) -> None:
         self._backend = info
-        ext = _extensions(info)[0]
-        exts = ";;".join(f"{info.name} image (*.{e})" for e in _extensions(info))
+        ext = extensions(info)[0]
+        exts = ";;".join(f"{info.name} image (*.{e})" for e in extensions(info))
         self.path_edit.file_filter = exts
         path = self.path_edit.path()
         if not path:
             self.path_edit.setPath(self._unique_default(ext))
             return
         root, current = os.path.splitext(path)
-        known = {e for b in backends() for e in _extensions(b)}
+        known = {e for b in backends() for e in extensions(b)}
         if current.lstrip(".").lower() in known and current.lstrip(".").lower() \
-                not in _extensions(info):
+                not in extensions(info):
             self.path_edit.setPath(f"{root}.{ext}")
 
     def _unique_default(self, ext: str) -> str:
@@ -234,10 +373,10 @@ class LocationPage(QWizardPage):
         path = os.path.abspath(path)
         ext = os.path.splitext(path)[1].lstrip(".").lower()
         if not ext:
-            path = f"{path}.{_extensions(info)[0]}"
+            path = f"{path}.{extensions(info)[0]}"
             self.path_edit.setPath(path)
-        elif ext not in _extensions(info):
-            wanted = " or ".join(f".{e}" for e in _extensions(info))
+        elif ext not in extensions(info):
+            wanted = " or ".join(f".{e}" for e in extensions(info))
             return f"The file name of a {info.name} image should end in {wanted}."
         folder = os.path.dirname(path)
         if not os.path.isdir(folder):
@@ -258,56 +397,34 @@ class LocationPage(QWizardPage):
         return os.path.abspath(self.path_edit.path())
 
 
-class SummaryPage(QWizardPage):
+class CreateSummaryPage(SummaryPage):
+    """The summary, with the image's comment to fill in first."""
+
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setTitle("Comment and summary")
-        self.setSubTitle("Optionally describe the image, check the summary, then create it.")
+        super().__init__("Comment and summary",
+                         "Optionally describe the image, check the summary, then create it.",
+                         parent)
         self.comment = QPlainTextEdit(self)
         self.comment.setAccessibleName("Comment")
         self.comment.setPlaceholderText("Optional comment stored in the image")
         self.comment.setTabChangesFocus(True)
         self.comment.setMaximumHeight(80)
-        self.summary = QLabel(self)
-        self.summary.setWordWrap(True)
-        self.summary.setAccessibleName("Summary")
-        self.command = QLineEdit(self)
-        self.command.setReadOnly(True)
-        self.command.setAccessibleName("Equivalent vdimg command")
-        copy = QToolButton(self)
-        copy.setIcon(icons.icon("copy"))
-        copy.setToolTip("Copy the command to the clipboard")
-        copy.setAccessibleName("Copy the command")
-        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.command.text()))
-        command_row = QHBoxLayout()
-        command_row.addWidget(self.command, 1)
-        command_row.addWidget(copy)
-        form = QFormLayout(self)
-        form.addRow("&Comment:", self.comment)
-        form.addRow("Summary:", self.summary)
-        form.addRow("Command line:", command_row)
-        self.comment.textChanged.connect(self._update)
+        self.form.insertRow(0, "&Comment:", self.comment)
+        self.comment.textChanged.connect(self.refresh)
 
     def initializePage(self) -> None:
-        self._update()
-
-    def _update(self) -> None:
         wizard = self.wizard()
-        if not isinstance(wizard, NewImageWizard):
-            return
-        params = wizard.params()
-        lines = [f"Format: {params.backend}", f"File: {params.path}"]
-        if params.parent is not None:
-            lines.insert(0, f"Differencing image of: {params.parent}")
-        else:
-            lines.append(f"Storage: {variant_words(variant_names(params.image_flags))}")
-            if params.size is not None:
-                lines.append(f"Size: {human_size(params.size)}")
-        self.summary.setText("\n".join(lines))
-        self.command.setText(params.command())
+        info = wizard.format_page.backend() if isinstance(wizard, NewImageWizard) else None
+        stored = declares(info, "comment") if info is not None else None
+        self.comment.setEnabled(stored is not False)
+        self.comment.setToolTip("" if stored is not False else
+                                f"The {info.name if info else ''} format stores no comment")
+        if stored is False:
+            self.comment.clear()
+        super().initializePage()
 
 
-class NewImageWizard(QWizard):
+class NewImageWizard(Wizard):
     """Collects :class:`~vdgui.gui.edits.CreateParams` for a base or differencing image.
 
     ``parent_image`` given: a differencing image on top of it (no size or variant
@@ -315,15 +432,12 @@ class NewImageWizard(QWizard):
     """
 
     def __init__(self, parent: QWidget | None = None, parent_image: Node | None = None,
-                 folder: str = "") -> None:
-        super().__init__(parent)
-        self.parent_image = parent_image
+                 folder: str = "", search_paths: Sequence[str] = ()) -> None:
         differencing = parent_image is not None
-        self.setWindowTitle("New differencing image" if differencing else "New image")
-        self.setAccessibleName(self.windowTitle())
-        self.setWindowIcon(icons.icon("new-diff" if differencing else "new-image"))
-        self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage)
-        self.setOption(QWizard.WizardOption.HaveHelpButton, False)
+        super().__init__("New differencing image" if differencing else "New image",
+                         "new-diff" if differencing else "new-image", parent)
+        self.parent_image = parent_image
+        self.search_paths = tuple(search_paths)
         if parent_image is not None:
             folder = os.path.dirname(parent_image.path)
             stem = os.path.splitext(parent_image.name)[0] + "-diff"
@@ -333,7 +447,7 @@ class NewImageWizard(QWizard):
         self.variant_page = VariantPage(self)
         self.size_page = SizePage(self)
         self.location_page = LocationPage(folder or os.path.expanduser("~"), stem, self)
-        self.summary_page = SummaryPage(self)
+        self.summary_page = CreateSummaryPage(self)
         self.setPage(PageId.FORMAT, self.format_page)
         self.setPage(PageId.VARIANT, self.variant_page)
         self.setPage(PageId.SIZE, self.size_page)
@@ -342,7 +456,6 @@ class NewImageWizard(QWizard):
         if parent_image is not None and parent_image.info is not None:
             self.format_page.select(parent_image.info.backend)
         self.currentIdChanged.connect(self._entering)
-        self.resize(640, 480)
 
     def _entering(self, page_id: int) -> None:
         info = self.format_page.backend()
@@ -350,6 +463,8 @@ class NewImageWizard(QWizard):
             return
         if page_id == PageId.VARIANT:
             self.variant_page.set_backend(info)
+        elif page_id == PageId.SIZE:
+            self.size_page.set_backend(info)
         elif page_id == PageId.LOCATION:
             self.location_page.set_backend(info)
 
@@ -386,10 +501,36 @@ class NewImageWizard(QWizard):
     def params(self) -> CreateParams:
         """What the pages say (meaningful once the wizard is accepted)."""
         info = self.format_page.backend()
+        base = self.parent_image is None
+        pchs, lchs = self.size_page.geometries() if base else (None, None)
+        config = self.variant_page.config() if base and info and VariantPage.needed(info) \
+            else ()
         return CreateParams(
             path=self.location_page.path(),
             backend=info.name if info else "",
             image_flags=self.image_flags(),
-            size=None if self.parent_image is not None else self.size_page.size_edit.value(),
+            size=self.size_page.size_edit.value() if base else None,
             comment=self.summary_page.comment.toPlainText(),
-            parent=self.parent_image.path if self.parent_image is not None else None)
+            parent=None if base else self.parent_image.path,  # type: ignore[union-attr]
+            config=config, pchs=pchs, lchs=lchs,
+            search_paths=() if base else self.search_paths)
+
+    def summary(self) -> str:
+        params = self.params()
+        lines = [f"Format: {params.backend}", f"File: {params.path}"]
+        if params.parent is not None:
+            lines.insert(0, f"Differencing image of: {params.parent}")
+        else:
+            lines.append(f"Storage: {variant_words(variant_names(params.image_flags))}")
+            if params.size is not None:
+                lines.append(f"Size: {human_size(params.size)}")
+            for name, geometry in (("Physical geometry", params.pchs),
+                                   ("Logical geometry", params.lchs)):
+                if geometry is not None:
+                    lines.append(f"{name}: {geometry}")
+            if params.config:
+                lines.append("Options: " + ", ".join(f"{k}={v}" for k, v in params.config))
+        return "\n".join(lines)
+
+    def command(self) -> str:
+        return self.params().command()

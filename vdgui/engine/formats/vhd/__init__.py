@@ -13,8 +13,9 @@ Layout (big-endian; Microsoft's "Virtual Hard Disk Image Format Specification"):
 
 Modules: :mod:`.footer` (records, checksums, time stamps, UUID byte order),
 :mod:`.geometry` (CHS and the virtual size rule), :mod:`.locators` (parent
-locators), :mod:`.dynamic` (BAT, bitmaps, block I/O), :mod:`.create` (new files),
-:mod:`.image` (the backend).
+locators), :mod:`.dynamic` (BAT, bitmaps, block I/O), :mod:`.space` (where things
+lie in the file, compaction plans), :mod:`.create` (new files), :mod:`.image` (the
+backend), :mod:`.check` (check and repair).
 
 **Virtual size.**  We create images with the exact requested size as original and
 current size, the geometry the specification's algorithm gives for it, and creator
@@ -43,12 +44,25 @@ valid footer and a crash at worst leaks the new block.  Differencing images trac
 sectors in the bitmaps (see :mod:`.dynamic`); all-zero blocks are stored there,
 because VHD has no zero marker and only stored zeros hide the parent.
 
+**Operations.**  Dynamic and differencing images release whole blocks (compaction,
+discard) and are compacted by moving the last blocks and locator data into the
+holes, copying first and repointing in a transaction.  VHD has no zero marker: a
+zeroed block of a differencing image stays allocated unless the parent reads zeros
+there too (VirtualBox freed it, showing the parent's data again), and a discard
+there writes zeros.  Resizing grows the BAT in place, moving the blocks in its
+way to the end of the file first; shrinking needs nothing stored past the new end;
+a fixed image's footer moves.  Fixed images cannot be compacted, and no image
+whose footer records a saved state can be compacted or resized (the
+specification forbids it).  The footer copy at offset 0 and the footer at the end
+are always written together, in one transaction.
+
 **Damage.**  Footer and dynamic header checksums are verified.  A damaged footer at
 the end whose copy at offset 0 is intact opens read-only with a warning and refuses
 read/write opens with ``VERR_VD_IMAGE_CORRUPTED`` (``vdimg repair`` rewrites it);
-likewise a bad dynamic header checksum or a BAT pointing outside the blocks.  qemu
-7.2 itself refuses any image whose first footer (it reads offset 0 first) has a bad
-checksum.
+likewise a bad dynamic header checksum or a BAT pointing outside the blocks.
+qemu 7.2 itself refuses any image whose first footer (it reads offset 0 first) has
+a bad checksum.  :mod:`.check` finds and repairs damage (compared there with
+VirtualBox's repair; qemu-img has no check for VHD).
 
 **Metadata.**  Modification UUIDs and comments do not exist in VHD (NotSupported, as
 in VirtualBox); there is no logical geometry; the physical geometry is the

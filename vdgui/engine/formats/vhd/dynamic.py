@@ -220,6 +220,44 @@ class BlockTable:
         start = file_offset // SECTOR
         self.table.entries[first:first + count] = np.arange(
             start, start + count * step, step, dtype=np.uint32)
-        for block in range(first, first + count):
-            self._bitmaps.pop(block, None)
+        self._forget(first, count)
         self.table.persist(first, count)
+
+    def release(self, first: int, count: int) -> None:
+        """Free blocks ``first..first+count-1``: their storage becomes unused space."""
+        self.table.entries[first:first + count] = BAT_FREE
+        self._forget(first, count)
+        self.table.persist(first, count)
+
+    def _forget(self, first: int, count: int) -> None:
+        """Drop cached bitmaps of blocks ``first..first+count-1`` (by whichever is
+        shorter: the range or the cache)."""
+        if count <= len(self._bitmaps):
+            for block in range(first, first + count):
+                self._bitmaps.pop(block, None)
+        else:
+            for block in [b for b in self._bitmaps if first <= b < first + count]:
+                del self._bitmaps[block]
+
+    def mark_all_present(self) -> None:
+        """Set every bit of every allocated block's bitmap (the data stays as it is).
+
+        A base image reads its allocated blocks whole whatever their bitmaps say; a
+        base that gains a parent must keep reading them so.
+        """
+        for block in np.flatnonzero(self.table.entries != BAT_FREE).tolist():
+            if not self.bits(block).all():
+                self.storage.write_at(int(self.table.entries[block]) * SECTOR,
+                                      self.full_bitmap())
+                self._forget(block, 1)
+
+    def set_size(self, size: int, count: int) -> None:
+        """A new disk size and table length (new entries free), once stored."""
+        entries = self.table.entries
+        if count > len(entries):
+            entries = np.concatenate(
+                [entries, np.full(count - len(entries), BAT_FREE, dtype=entries.dtype)])
+        # astype: concatenate returns native-endian entries, the BAT is big-endian
+        self.table.entries = entries[:count].astype(self.table.dtype)
+        self._forget(count, max(len(entries) - count, 0))
+        self.size = self.map.size = size

@@ -21,6 +21,17 @@ creators qemu 7.2 does not know (VirtualBox's ``vbox`` above all), where qemu 7.
 shows a disk up to one cylinder smaller than the one the creator wrote; reading the
 CHS product there would silently cut off the tail of the disk (a GPT backup header,
 for instance).
+
+**After a resize** (:func:`resized_sizing`) the footer gets the new current size and
+the specification's geometry for it, and every reader must still agree on the
+size.  A creator qemu sizes by the current size (``qem2``, ``win ``...) stays; so
+does ``vpc ``/``qemu`` when the new size is exactly the product of its geometry
+(Virtual PC then reads it right too, and the geometry can no longer change: see
+the ``pchs`` setter).  Every other image becomes ``qem2`` ("trust the current
+size"): qemu 7.2 would otherwise read a CHS product up to a cylinder short of the
+new size (a ``vbox`` image included), and ``VDResize`` recomputes the geometry
+afterwards (keeping heads and sectors, at most 16383 cylinders), which must not
+change the size anyone reads.  qemu itself cannot resize VHD images.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ MAX_CHS_SECTORS = 65535 * 16 * 255
 
 #: Creator applications whose images are sized by their CHS geometry.
 CHS_SIZED_CREATORS = (b"vpc ", b"qemu")
+#: Creator applications for which qemu (every release) takes the current size.
+QEMU_CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
 
 
 def chs_geometry(size: int) -> Geometry:
@@ -75,3 +88,14 @@ def virtual_size(creator_app: bytes, current_size: int, geometry: Geometry) -> i
     if sized_by_chs(creator_app, geometry):
         return chs_bytes(geometry)
     return current_size // SECTOR * SECTOR
+
+
+def resized_sizing(creator_app: bytes, size: int) -> tuple[Geometry, bool]:
+    """The geometry of an image resized to ``size``, and whether it may keep its
+    creator application (else it becomes ``qem2``; see the module docstring)."""
+    geometry = chs_geometry(size)
+    product = geometry.cylinders * geometry.heads * geometry.sectors
+    exact = product * SECTOR == size and product != MAX_CHS_SECTORS
+    keep = creator_app in QEMU_CURRENT_SIZE_CREATORS or (
+        creator_app in CHS_SIZED_CREATORS and exact)
+    return geometry, keep

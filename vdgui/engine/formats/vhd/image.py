@@ -9,26 +9,87 @@ from __future__ import annotations
 import logging
 import os
 import uuid as uuidlib
-from typing import Mapping
+from collections.abc import Mapping
 
-from ...blockmap import fill_zero, is_zero
-from ...errors import Corrupted, InvalidHeader, InvalidParameter, InvalidType, NotSupported
+import numpy as np
+
+from ...blockmap import MAX_TABLE_BYTES, fill_zero, is_zero, zeros
+from ...errors import (
+    Corrupted,
+    InvalidHeader,
+    InvalidParameter,
+    InvalidSize,
+    InvalidState,
+    InvalidType,
+    NotSupported,
+    ShrinkNotSupported,
+)
+from ...findings import Finding
 from ...io import StorageProvider
+from ...progress import Progress, report
 from ...sizes import align_up
-from ...types import (NIL_UUID, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType,
-                      DiskType, Geometry, ImageFlags, OpenFlags, Status)
-from ..base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
-                    validate_config)
+from ...types import (
+    NIL_UUID,
+    Capability,
+    ConfigKey,
+    ConfigKeyFlags,
+    ConfigValueType,
+    DiskType,
+    Geometry,
+    ImageFlags,
+    OpenFlags,
+    Status,
+)
+from ..base import (
+    BackendInfo,
+    CreateRequest,
+    ParentLink,
+    SingleFileImage,
+    config_int,
+    validate_config,
+)
 from . import locators as loc
-from .create import (DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, locator_area, parent_name,
-                     write_image)
+from . import space
+from .create import (
+    CREATOR_APP,
+    CREATOR_VERSION,
+    DEFAULT_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    MAX_SIZE,
+    locator_area,
+    parent_name,
+    write_image,
+)
 from .dynamic import BlockTable
-from .footer import (BAT_FREE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, DISK_TYPE_NAMES,
-                     FOOTER_SIZE, HEADER, HEADER_CHECKSUM_AT, HEADER_COOKIE, HEADER_SIZE,
-                     NO_DATA_OFFSET, SECTOR, FoundFooter, checksum, empty_locator, find_footers,
-                     format_time, four_cc, from_vhd_time, pack_footer, pack_header,
-                     pack_locators, to_vhd_time, unpack_locators, uuid_from_raw, uuid_to_raw)
-from .geometry import chs_bytes, sized_by_chs, virtual_size
+from .footer import (
+    BAT_FREE,
+    DISK_DIFFERENCING,
+    DISK_DYNAMIC,
+    DISK_FIXED,
+    DISK_TYPE_NAMES,
+    FOOTER_SIZE,
+    HEADER,
+    HEADER_CHECKSUM_AT,
+    HEADER_COOKIE,
+    HEADER_SIZE,
+    NO_DATA_OFFSET,
+    SECTOR,
+    FoundFooter,
+    checksum,
+    empty_locator,
+    find_footers,
+    format_time,
+    four_cc,
+    from_vhd_time,
+    pack_footer,
+    pack_header,
+    pack_locators,
+    to_vhd_time,
+    unpack_locators,
+    uuid_from_raw,
+    uuid_to_raw,
+)
+from .geometry import chs_bytes, resized_sizing, sized_by_chs, virtual_size
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +111,12 @@ class VhdImage(SingleFileImage):
         description="Virtual Hard Disk (Virtual PC, Hyper-V; qemu's vpc)",
         capabilities=(Capability.UUID | Capability.DIFF | Capability.FILE
                       | Capability.CREATE_FIXED | Capability.CREATE_DYNAMIC | Capability.ASYNC
-                      | Capability.VFS | Capability.PREFERRED),
+                      | Capability.VFS | Capability.DISCARD | Capability.PREFERRED),
         extensions=(("vhd", DiskType.HDD),),
         variants=("standard", "fixed"),
         config_keys=(ConfigKey("BlockSize", str(DEFAULT_BLOCK_SIZE), ConfigValueType.INTEGER,
                                ConfigKeyFlags.EXPERT | ConfigKeyFlags.CREATE_ONLY),),
+        stores=frozenset({"uuid", "parent_uuid", "pchs", "parent_path"}),
     )
 
     # -- probing and opening ---------------------------------------------------------
@@ -310,17 +372,274 @@ class VhdImage(SingleFileImage):
         except Exception as exc:  # the original error matters more
             log.error("%s: could not restore the VHD footer: %s", self.path, exc)
 
+    # -- check and repair ----------------------------------------------------------------
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list[Finding]:
+        """``VDRepair`` for VHD (see :mod:`.check`)."""
+        from .check import check
+        return check(io, path, repair, progress)
+
+    # -- releasing blocks, compaction, resizing -----------------------------------------
+
+    def _dynamic(self, what: str) -> BlockTable:
+        """The block table, after refusing what a fixed image or a saved state forbids."""
+        if self.blocks is None:
+            raise NotSupported(f"a fixed VHD image cannot be {what} (it has no blocks to "
+                               f"release); convert it to a dynamic one first", self.path)
+        self._refuse_saved_state(what)
+        return self.blocks
+
+    def _refuse_saved_state(self, what: str) -> None:
+        # The specification forbids compaction and expansion of such a disk.
+        if self._footer["saved_state"]:
+            raise InvalidState(f"the VHD image cannot be {what}: its footer says a virtual "
+                               f"machine was saved while using it (saved state)", self.path)
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Free the whole blocks in the range (VHD has no zero marker: ``zero`` is
+        refused, and a compaction keeps all-zero blocks of differencing images)."""
+        self.check_writable()
+        table = self._dynamic("discarded or compacted")
+        if zero:
+            raise self._unsupported("zero blocks (a freed block of a differencing image "
+                                    "would show its parent's data)")
+        bs = table.block_size
+        end = min(offset + length, self._size)
+        first = -(-offset // bs)
+        last = len(table.entries) if end == self._size else end // bs
+        if first < last:
+            table.release(first, last - first)
+
+    def _locator_ranges(self) -> dict[int, tuple[int, int]]:
+        """Header slot -> the range of each locator whose data lies in the file."""
+        ranges = {}
+        for slot, entry in enumerate(self._locators):
+            start, stop = space.locator_range(entry)
+            if entry["code"] != loc.NONE and entry["data_length"] and \
+                    FOOTER_SIZE <= start and stop <= self._footer_offset:
+                ranges[slot] = (start, stop)
+        return ranges
+
+    def _metadata_ranges(self) -> list[tuple[int, int]]:
+        return space.metadata_ranges(self._footer["data_offset"], self._header["table_offset"],
+                                     len(self.blocks.entries))
+
+    def _copy(self, source: int, target: int, length: int) -> None:
+        self.storage.write_at(target, self.storage.read_exact(source, length,
+                                                              "data being moved"))
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move the last blocks (and locator data) into the holes, then cut the file.
+
+        Each batch is copied first and repointed in one transaction afterwards, so an
+        interruption leaves every block readable where it was or where it went; the
+        footer moves to the new end last, with the truncation, in one transaction.
+        """
+        self.check_writable()
+        table = self._dynamic("compacted")
+        index, starts = space.block_starts(table.entries)
+        moves, end = space.plan_compaction(self._metadata_ranges(), self._locator_ranges(),
+                                           index, starts, table.span)
+        batch = max(1, (64 << 20) // table.span)
+        for done in range(0, len(moves), batch):
+            report(progress, done, len(moves), "moving blocks")
+            part = moves[done:done + batch]
+            for move in part:
+                self._copy(move.source, move.target, move.length)
+            self.storage.flush()
+            with self.storage.transaction():
+                for move in part:
+                    if move.block >= 0:
+                        table.link(move.block, 1, move.target)
+                    else:
+                        self._locators[move.slot].update(data_offset=move.target,
+                                                         data_space=move.length)
+                if any(move.slot >= 0 for move in part):
+                    self._write_header()
+        end = align_up(end, SECTOR)
+        if (end, end + FOOTER_SIZE) != (self._footer_offset, self.storage.size()):
+            with self.storage.transaction():
+                self.storage.set_size(end + FOOTER_SIZE)
+                self.storage.write_at(end, self._footer_bytes())
+            self._footer_offset = self._next_free = end
+        report(progress, len(moves), len(moves), "moving blocks")
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow keeping every byte, or shrink when nothing stored lies beyond the end.
+
+        The footer (and its copy) gets the new current size and geometry, keeping
+        every reader's size rule in agreement (see :mod:`.geometry`).
+        """
+        self.check_writable()
+        self._refuse_saved_state("resized")
+        if size <= 0 or size % SECTOR or size > MAX_SIZE:
+            raise InvalidSize(f"a VHD image holds whole sectors up to 2040 GiB (asked for "
+                              f"{size} bytes)", self.path)
+        if size == self._size:
+            return
+        if self.blocks is None:
+            self._resize_fixed(size, progress)
+        elif size < self._size:
+            self._shrink_dynamic(size)
+        else:
+            self._grow_dynamic(size, progress)
+        self._size = size
+
+    def _resized_footer(self, size: int) -> dict:
+        footer = dict(self._footer)
+        geometry, keep = resized_sizing(footer["creator_app"], size)
+        footer.update(current_size=size, cylinders=geometry.cylinders, heads=geometry.heads,
+                      sectors=geometry.sectors)
+        if not keep:
+            footer.update(creator_app=CREATOR_APP, creator_version=CREATOR_VERSION)
+        return footer
+
+    def _first_nonzero(self, start: int, end: int, progress: Progress | None) -> int | None:
+        """The first offset in ``[start, end)`` where this image itself stores a
+        non-zero byte (ranges it does not store are skipped), or None."""
+        step = 16 << 20
+        buf = bytearray(min(step, max(end - start, 0)))
+        pos = start
+        while pos < end:
+            report(progress, pos - start, end - start, "looking for data beyond the end")
+            status, run = self.block_status(pos, min(step, end - pos))
+            if status is Status.DATA:
+                view = memoryview(buf)[:run]
+                self.read_into(pos, view)
+                hits = np.flatnonzero(np.frombuffer(view, dtype=np.uint8))
+                if hits.size:
+                    return pos + int(hits[0])
+            pos += run
+        return None
+
+    def _refuse_shrink(self, offset: int) -> None:
+        raise ShrinkNotSupported(f"data is stored beyond the new end (at offset {offset}); "
+                                 f"shrinking would lose it", self.path)
+
+    def _resize_fixed(self, size: int, progress: Progress | None) -> None:
+        """Move the footer: the data area becomes exactly ``size`` bytes.
+
+        What becomes part of the disk (the old footer, bytes a geometry-sized disk did
+        not show) is zeroed in the same transaction that moves the footer, so the
+        file always ends with a valid footer.  Space is reserved afterwards; when
+        that fails (or is cancelled) the footer moves back.
+        """
+        old = self._size
+        if size < old:
+            nonzero = self._first_nonzero(size, old, progress)
+            if nonzero is not None:
+                self._refuse_shrink(nonzero)
+        footer, offset = self._footer, self._footer_offset
+        self._move_fixed_footer(self._resized_footer(size), size, zero_from=old)
+        try:
+            step = 64 << 20
+            for pos in range(old, size, step):
+                report(progress, pos - old, size - old, "allocating")
+                self.storage.allocate(pos, min(step, size - pos))
+        except BaseException:
+            self._move_fixed_footer(footer, offset, zero_from=offset)
+            raise
+
+    def _move_fixed_footer(self, footer: dict, offset: int, zero_from: int) -> None:
+        """Put ``footer`` at ``offset`` and end the file there, zeroing what the file
+        held from ``zero_from`` up to ``offset`` (one transaction)."""
+        stale = min(self.storage.size(), offset)
+        with self.storage.transaction():
+            for pos in range(zero_from, stale, 1 << 20):
+                self.storage.write_at(pos, zeros(min(1 << 20, stale - pos)))
+            self.storage.set_size(offset + FOOTER_SIZE)
+            self.storage.write_at(offset, pack_footer(footer))
+        self._footer, self._footer_offset = footer, offset
+
+    def _shrink_dynamic(self, size: int) -> None:
+        table = self.blocks
+        bs = table.block_size
+        keep = -(-size // bs)
+        beyond = np.flatnonzero(table.entries[keep:] != BAT_FREE)
+        if beyond.size:
+            self._refuse_shrink((keep + int(beyond[0])) * bs)
+        nonzero = self._first_nonzero(size, min(keep * bs, self._size), None)
+        if nonzero is not None:
+            self._refuse_shrink(nonzero)
+        footer = self._resized_footer(size)
+        self._header["max_table_entries"] = keep
+        with self.storage.transaction():
+            self._write_header()
+            self._footer = footer
+            self._write_footer()
+        table.set_size(size, keep)
+
+    def _grow_dynamic(self, size: int, progress: Progress | None) -> None:
+        table = self.blocks
+        count = max(-(-size // table.block_size), len(table.entries))
+        if 4 * count > MAX_TABLE_BYTES:
+            raise NotSupported(f"a block allocation table of {count} entries is too large; "
+                               f"the image has {table.block_size}-byte blocks", self.path)
+        if count > len(table.entries):
+            self._extend_table(count, progress)
+        footer = self._resized_footer(size)
+        self._header["max_table_entries"] = count
+        with self.storage.transaction():
+            self._write_header()
+            self._footer = footer
+            self._write_footer()
+        table.set_size(size, count)
+
+    def _extend_table(self, count: int, progress: Progress | None) -> None:
+        """Make room after the BAT for ``count`` entries and fill them in as free.
+
+        Blocks and locator data in the way are copied to the end of the file and
+        repointed in one transaction; only then is the space they left overwritten.
+        The header still gives the old entry count until the caller's transaction.
+        """
+        table, header = self.blocks, self._header
+        start = header["table_offset"] + 4 * len(table.entries)
+        stop = header["table_offset"] + align_up(4 * count, SECTOR)
+        data_offset = self._footer["data_offset"]
+        if data_offset < stop and data_offset + HEADER_SIZE > start:
+            raise self._unsupported("a larger block allocation table here: the dynamic "
+                                    "header follows it (convert the image instead)")
+        if stop > MAX_BLOCK_OFFSET:
+            raise NotSupported("the block allocation table would lie beyond 2 TiB", self.path)
+        if stop > self._footer_offset:  # the table grows past the data: footer first
+            self.storage.write_at(stop, self._footer_bytes())
+            self._footer_offset = self._next_free = stop
+        index, starts = space.block_starts(table.entries)
+        items = [((int(s), int(s) + table.span), int(b), -1) for b, s in zip(index, starts)]
+        items += [(r, -1, slot) for slot, r in self._locator_ranges().items()]
+        movers = space.obstacles(items, start, stop)
+        if movers:
+            report(progress, 0, len(movers), "making room for the block allocation table")
+            at = self._append([self.storage.read_exact(a, b - a, "data being moved")
+                               for (a, b), _, _ in movers])
+            self.storage.flush()
+            with self.storage.transaction():
+                for (a, b), block, slot in movers:
+                    if block >= 0:
+                        table.link(block, 1, at)
+                    else:
+                        self._locators[slot].update(data_offset=at, data_space=b - a)
+                    at += b - a
+                self._write_header()
+        for pos in range(start, stop, 1 << 20):
+            self.storage.write_at(pos, b"\xff" * min(1 << 20, stop - pos))
+        self.storage.flush()
+
     # -- metadata on disk --------------------------------------------------------------
 
     def _footer_bytes(self) -> bytes:
         return pack_footer(self._footer)
 
     def _write_footer(self) -> None:
+        """Write the footer and its copy together (qemu reads the copy, others the end)."""
         self.check_writable()
         raw = self._footer_bytes()
-        if self.blocks is not None:
-            self.storage.write_at(0, raw)
-        self.storage.write_at(self._footer_offset, raw)
+        with self.storage.transaction():
+            if self.blocks is not None:
+                self.storage.write_at(0, raw)
+            self.storage.write_at(self._footer_offset, raw)
 
     def _write_header(self) -> None:
         self.check_writable()
@@ -467,32 +786,42 @@ class VhdImage(SingleFileImage):
         starts = self.blocks.allocated()
         return not bool(((starts < end) & (starts + self.blocks.span > offset)).any())
 
+    def check_parent(self, link: ParentLink | None) -> None:
+        if link is not None and self.blocks is None:
+            raise self._unsupported("a parent (a fixed VHD cannot be a differencing image)")
+
     def set_parent(self, link: ParentLink | None) -> None:
-        """Re-link after a merge: a new parent (UUID, time stamp, locators), or none.
+        """Re-link after a merge or rebase: a new parent (UUID, time stamp, locators),
+        or none.
 
         Without a parent the image becomes a dynamic base.  Sectors its bitmaps
         still mark absent (the merge found only zeros for them) are zero-filled
-        first, because a base reads allocated blocks whole.  The footer's disk type
-        changes last when gaining a parent and first when losing it, so a crash in
-        between leaves a base that ignores stale parent fields.
+        first, because a base reads allocated blocks whole; a base gaining a parent
+        first marks every sector of its blocks present, for the same reason.  The
+        header and footer changes then go in one transaction.
         """
         self.check_writable()
+        self.check_parent(link)
+        if link is None and self._disk_type != DISK_DIFFERENCING:
+            return
         header = self._need_header("a parent")
         if link is None:
-            if self._disk_type != DISK_DIFFERENCING:
-                return
             self.blocks.fill_all_clear()
-            self._set_disk_type(DISK_DYNAMIC)
-            header.update(parent_uuid=bytes(16), parent_timestamp=0,
-                          parent_name=parent_name(""))
-            self._locators = [empty_locator() for _ in self._locators]
-            self._locator_data = [b""] * len(self._locators)
-            self._write_header()
+            with self.storage.transaction():
+                self._set_disk_type(DISK_DYNAMIC)
+                header.update(parent_uuid=bytes(16), parent_timestamp=0,
+                              parent_name=parent_name(""))
+                self._locators = [empty_locator() for _ in self._locators]
+                self._locator_data = [b""] * len(self._locators)
+                self._write_header()
             return
-        header.update(parent_uuid=uuid_to_raw(link.uuid or NIL_UUID),
-                      parent_timestamp=to_vhd_time(link.timestamp))
-        self.parent_filename = link.path  # writes the header
-        self._set_disk_type(DISK_DIFFERENCING)
+        if self._disk_type != DISK_DIFFERENCING:
+            self.blocks.mark_all_present()
+        with self.storage.transaction():
+            header.update(parent_uuid=uuid_to_raw(link.uuid or NIL_UUID),
+                          parent_timestamp=to_vhd_time(link.timestamp))
+            self.parent_filename = link.path  # writes the header
+            self._set_disk_type(DISK_DIFFERENCING)
 
     def _set_disk_type(self, disk_type: int) -> None:
         if disk_type != self._disk_type:
@@ -566,9 +895,9 @@ class VhdImage(SingleFileImage):
         for i, (entry, data) in enumerate(zip(self._locators, self._locator_data)):
             if entry["code"] != loc.NONE:
                 rows.append((f"parent locator {i}",
-                             f"{loc.code_name(entry['code'])} at {entry['data_offset']:#x}, "
-                             f"{entry['data_length']} of {entry['data_space']} (space): "
-                             f"{loc.decode(entry['code'], data)!r}"))
+                             (f"{loc.code_name(entry['code'])} at {entry['data_offset']:#x}, "
+                              f"{entry['data_length']} of {entry['data_space']} (space): "
+                              f"{loc.decode(entry['code'], data)!r}")))
         return rows
 
     # -- creation --------------------------------------------------------------------
