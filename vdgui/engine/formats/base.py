@@ -42,6 +42,8 @@ class BackendInfo:
     #: The metadata fields the format stores (so a UI can offer only what exists):
     #: a subset of :data:`METADATA_FIELDS`.
     stores: frozenset[str] = frozenset()
+    #: The largest virtual size the format can create, where it has a limit.
+    max_size: int | None = None
 
     def has(self, cap: Capability) -> bool:
         return bool(self.capabilities & cap)

@@ -41,11 +41,6 @@ MAX_SIZE = 64 << 40
 #: The largest virtual size of a format with its default options, where it is below
 #: :data:`MAX_SIZE` or worth saying (the engine checks the exact limit, which some
 #: creation options change, when the image is created).
-KNOWN_MAX_SIZE = {
-    "VHD": 0xFF000000 * 512,   # 2040 GiB: the footer's geometry cannot describe more
-    "VHDX": 64 << 40,          # the specification's limit
-    "QED": 64 << 40,           # 64 KiB clusters and 4-cluster tables
-}
 
 #: Variants chosen with a radio button (how space is allocated); the others are
 #: independent options (check boxes).
@@ -75,7 +70,7 @@ def creatable_backends(differencing: bool) -> list[BackendInfo]:
 
 
 def max_size(info: BackendInfo) -> int:
-    return min(MAX_SIZE, KNOWN_MAX_SIZE.get(info.name, MAX_SIZE))
+    return min(MAX_SIZE, info.max_size or MAX_SIZE)
 
 
 def extensions(info: BackendInfo) -> list[str]:
@@ -101,8 +96,8 @@ class FormatPage(QWizardPage):
             button = QRadioButton(f"{info.name} ({info.description})", self)
             button.setAccessibleName(info.name)
             tip = "Variants: " + variant_words(info.variants)
-            if info.name in KNOWN_MAX_SIZE:
-                tip += f"; at most {exact_size(KNOWN_MAX_SIZE[info.name])}"
+            if info.max_size:
+                tip += f"; at most {exact_size(info.max_size)}"
             button.setToolTip(tip)
             self.group.addButton(button, i)
             layout.addWidget(button)
@@ -271,7 +266,7 @@ class SizePage(QWizardPage):
         limit = max_size(info)
         self.size_edit.setRange(self.size_edit.minimum(), limit)
         self.limit.setText(f"A {info.name} image holds at most {exact_size(limit)}."
-                           if info.name in KNOWN_MAX_SIZE else "")
+                           if info.max_size else "")
         pchs = self._offer_geometry and bool(declares(info, "pchs"))
         lchs = self._offer_geometry and bool(declares(info, "lchs"))
         self.pchs.setVisible(pchs)

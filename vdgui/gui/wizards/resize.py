@@ -16,6 +16,7 @@ from typing import Sequence
 
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget, QWizardPage
 
+from ...engine import backend_info
 from ...library import Node
 from ..formatting import exact_bytes, human_size
 from ..jobs import JobRunner
@@ -23,7 +24,7 @@ from ..operations import ChainFacts, ResizeParams, chain_facts
 from ..widgets.allocation_map import AllocationMapView
 from ..widgets.size_edit import SizeEdit
 from .common import JobLoader, SummaryPage, Wizard
-from .create import KNOWN_MAX_SIZE, MAX_SIZE
+from .create import max_size
 
 SECTOR = 512
 MIN_SIZE = 1 << 20
@@ -78,7 +79,7 @@ class SizePage(QWizardPage):
         self.setSubTitle(f"{node.name} is {human_size(node.info.size)} "
                          f"({exact_bytes(node.info.size)}). The map shows where its chain "
                          f"holds data; the shaded part is what a smaller size cuts off.")
-        limit = min(MAX_SIZE, KNOWN_MAX_SIZE.get(node.info.backend, MAX_SIZE))
+        limit = max_size(backend_info(node.info.backend))
         self.size_edit = SizeEdit(self, MIN_SIZE, max(limit, node.info.size), node.info.size)
         self.map_view = AllocationMapView(self)
         self.map_view.setMinimumHeight(140)

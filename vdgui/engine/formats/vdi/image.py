@@ -98,6 +98,7 @@ class VdiImage(SingleFileImage):
         image_flags_mask=ImageFlags.FIXED | ImageFlags.DIFF | ImageFlags.VDI_ZERO_EXPAND,
         stores=frozenset({"uuid", "modification_uuid", "parent_uuid",
                           "parent_modification_uuid", "comment", "lchs"}),
+        max_size=MAX_SIZE - 1,
     )
 
     # -- probing and opening ---------------------------------------------------------

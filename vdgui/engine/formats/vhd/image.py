@@ -117,6 +117,7 @@ class VhdImage(SingleFileImage):
         config_keys=(ConfigKey("BlockSize", str(DEFAULT_BLOCK_SIZE), ConfigValueType.INTEGER,
                                ConfigKeyFlags.EXPERT | ConfigKeyFlags.CREATE_ONLY),),
         stores=frozenset({"uuid", "parent_uuid", "pchs", "parent_path"}),
+        max_size=MAX_SIZE,
     )
 
     # -- probing and opening ---------------------------------------------------------
