@@ -41,6 +41,7 @@ def build(folder: Path, fmt: Fmt) -> list[Path]:
                          open_flags=OpenFlags.HONOR_SAME)
         disk.write(256 * KiB, b"\x6b" * (256 * KiB))
         disk.write(0, bytes(range(256)) * 1024)             # same as below
+        disk.write(2 * MiB, b"\x5a" * (512 * KiB))          # a whole unit the same as below
         disk.write(3 * MiB, bytes(256 * KiB))
         disk.create_diff(paths[2], fmt.name, config=fmt.config)
         disk.write(100 * KiB, b"\x7c" * (300 * KiB))

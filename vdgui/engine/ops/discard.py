@@ -33,6 +33,7 @@ def discard(disk: Disk, ranges: Iterable[tuple[int, int]],
         image = disk.image(-1)
         if not disk.open_flags(-1) & OpenFlags.DISCARD:
             raise NotSupported("the image was not opened with discard enabled", image.path)
+        disk._mark_modified()  # visible content changes: a new modification UUID
         top = len(disk) - 1
         steps = part(progress, 0, 0.5)
         for done, (offset, length) in enumerate(ranges):

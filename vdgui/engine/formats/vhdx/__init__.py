@@ -2,7 +2,8 @@
 
 ``headers`` (file identifier, headers, region tables), ``metadata`` (metadata
 table and items, parent locator), ``bat`` (block allocation table, sector
-bitmaps), ``log`` (replay and our own log writes), ``crc32c`` (the checksum) and
+bitmaps), ``log`` (replay and our own log writes), ``crc32c`` (the checksum),
+``space`` (free space and the compaction plan), ``check`` (check and repair) and
 ``image`` (the backend).
 """
 

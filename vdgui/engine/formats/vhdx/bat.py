@@ -111,6 +111,33 @@ class Bat:
         self._dirty.add(index * 8 // LOG_SECTOR)
         self._bitmaps.pop(block, None)
 
+    def set_payloads(self, first: int, count: int, state: int) -> bool:
+        """Put payload blocks first..first+count-1 in an unallocated ``state``.
+
+        Returns False when none of them changes.
+        """
+        index = self.payload_index(np.arange(first, first + count, dtype=np.int64))
+        value = np.uint64(entry(state))
+        changed = index[self.entries[index] != value]
+        if not changed.size:
+            return False
+        self.entries[changed] = value
+        self._dirty.update(np.unique(changed * 8 // LOG_SECTOR).tolist())
+        for block in list(self._bitmaps):
+            if first <= block < first + count:
+                del self._bitmaps[block]
+        return True
+
+    def set_entry(self, index: int, value: int) -> None:
+        """Set any entry (payload or sector bitmap) to a raw value."""
+        self.entries[index] = value
+        self._dirty.add(index * 8 // LOG_SECTOR)
+        self._bitmaps.clear()
+
+    def move(self, index: int, offset: int) -> None:
+        """Point an allocated entry at ``offset``, keeping its state."""
+        self.set_entry(index, entry(int(self.entries[index]) & STATE_MASK, offset))
+
     def patches(self) -> list[tuple[int, bytes]]:
         """The changed BAT sectors as ``(file offset, 4 KiB)`` pairs; forgets them."""
         raw = self.entries.view(np.uint8)
@@ -145,21 +172,13 @@ class Bat:
 
     # -- consistency ----------------------------------------------------------------------
 
-    def allocations(self) -> tuple[np.ndarray, np.ndarray]:
-        """File ranges ``(starts, ends)`` of every allocated payload and bitmap block."""
-        index = np.arange(self.count, dtype=np.int64)
-        is_bitmap = (index % (self.chunk_ratio + 1)) == self.chunk_ratio
-        raw = self.entries[:self.count]
-        states = raw & STATE_MASK
-        used = np.where(is_bitmap, states == SB_PRESENT,
-                        (states == FULLY_PRESENT) | (states == PARTIALLY_PRESENT))
-        starts = ((raw[used] >> OFFSET_SHIFT) << OFFSET_SHIFT).astype(np.int64)
-        sizes = np.where(is_bitmap[used], SECTOR_BITMAP_SIZE, self.block_size)
-        return starts, starts + sizes
+    def allocations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(BAT indices, starts, ends)`` of every allocated payload and bitmap block."""
+        return allocations(self.entries[:self.count], self.chunk_ratio, self.block_size)
 
     def damage(self, reserved: list[tuple[int, int, str]]) -> str | None:
         """Why writing could destroy data: blocks overlapping each other or metadata."""
-        starts, ends = self.allocations()
+        _, starts, ends = self.allocations()
         if starts.size and (int(starts.min()) < 0 or int(ends.max()) > MAX_FILE_OFFSET):
             return "a block lies beyond any possible end of the file"
         for start, end, name in reserved:
@@ -177,6 +196,25 @@ class Bat:
         states, _ = self.payload(0, self.blocks)
         values, counts = np.unique(states, return_counts=True)
         return dict(zip(values.tolist(), counts.tolist()))
+
+
+def bitmap_entries(count: int, chunk_ratio: int) -> np.ndarray:
+    """Which of ``count`` BAT entries are sector bitmap entries (bool array)."""
+    return np.arange(count, dtype=np.int64) % (chunk_ratio + 1) == chunk_ratio
+
+
+def allocations(entries: np.ndarray, chunk_ratio: int,
+                block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indices, starts, ends)`` of the allocated blocks a table of entries names."""
+    is_bitmap = bitmap_entries(len(entries), chunk_ratio)
+    states = entries & STATE_MASK
+    used = np.flatnonzero(np.where(is_bitmap, states == SB_PRESENT,
+                                   (states == FULLY_PRESENT) | (states == PARTIALLY_PRESENT)))
+    # Clipped, so that hostile offsets stay absurd rather than wrap around in int64.
+    starts = np.minimum((entries[used] >> OFFSET_SHIFT) << OFFSET_SHIFT,
+                        np.uint64(MAX_FILE_OFFSET << 1)).astype(np.int64)
+    sizes = np.where(is_bitmap[used], SECTOR_BITMAP_SIZE, block_size)
+    return used, starts, starts + sizes
 
 
 def new_table(count: int, chunk_ratio: int, block_size: int, first_payload: int | None,

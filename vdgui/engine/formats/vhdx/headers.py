@@ -211,6 +211,15 @@ def parse_region_table(raw: bytes) -> list[Region] | str:
     return regions
 
 
+def regions_in_use(storage: Storage, path: str) -> list[Region]:
+    """Every entry, unknown regions included, of the region table copy readers use."""
+    for offset in REGION_OFFSETS:
+        parsed = parse_region_table(storage.read_at(offset, REGION_TABLE_SIZE))
+        if not isinstance(parsed, str):
+            return parsed
+    raise Corrupted("neither VHDX region table is usable", path)
+
+
 def read_region_table(storage: Storage, path: str,
                       log: tuple[int, int]) -> tuple[dict[uuidlib.UUID, Region], list[str]]:
     """The known regions by GUID (from the first valid copy) and each copy's state."""

@@ -27,22 +27,31 @@ is data; PARTIALLY_PRESENT is resolved sector by sector from the sector bitmap.
 New blocks stay NOT_PRESENT until written (Hyper-V's choice; qemu-img marks them
 ZERO); written blocks are always allocated whole, so this backend never creates
 partially present blocks, but it completes those Hyper-V left when writing them.
+
+Operations: released blocks become NOT_PRESENT or ZERO; compaction moves the last
+blocks (and a BAT that growth put after them) into free space, data first, then
+the BAT entries or region tables through the log; growing writes new BAT entries
+first and changes the disk size in one log entry with, when the BAT region is too
+small, both region tables naming a new BAT written after the last block.  The
+check and repair live in :mod:`.check`, the compaction plan in :mod:`.space`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import struct
 import uuid as uuidlib
-from typing import Mapping
 
 import numpy as np
 
 from .... import __version__
 from ... import blockmap
-from ...blockmap import BlockMap, run_length, runs_of, zero_units
-from ...errors import (Corrupted, InvalidParameter, InvalidSize, InvalidType, NotSupported)
+from ...blockmap import BlockMap, is_zero, run_length, runs_of, zero_units
+from ...errors import (Corrupted, InvalidParameter, InvalidSize, InvalidType, NotSupported,
+                       ShrinkNotSupported)
 from ...io import Storage, StorageProvider
-from ...progress import report
+from ...progress import Progress, report
 from ...sizes import align_up
 from ...types import (NIL_UUID, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType,
                       DiskType, ImageFlags, OpenFlags, Status)
@@ -50,16 +59,19 @@ from ..base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, con
                     relative_parent_path, validate_config)
 from . import bat as batmod
 from . import metadata as meta
+from . import space
 from .headers import (BAT_GUID, HEADER_AREA, HEADER_OFFSETS, LOG_VERSION, METADATA_GUID,
                       REGION_OFFSETS, VERSION, Header, MiB, Region, check_identifier,
                       pack_identifier, pack_region_table, read_creator, read_headers,
-                      read_region_table)
+                      read_region_table, regions_in_use)
 from .log import LogWriter, PatchedStorage, find_replay
 
 #: The creator string of the file type identifier (diagnostics only).
 CREATOR = f"vdgui {__version__}"
 DEFAULT_LOG_SIZE = 1 * MiB
 MAX_LOG_SIZE = 64 * MiB
+#: Data copied by :meth:`VhdxImage.pack` before the BAT entries that follow it change.
+PACK_BATCH = 64 * MiB
 
 #: Block-map state of a partially present block (see :meth:`VhdxImage.block_status`).
 _PARTIAL = 4
@@ -87,11 +99,15 @@ def default_block_size(size: int) -> int:
 class VhdxImage(SingleFileImage):
     """An opened VHDX image."""
 
+    #: Set for the repair, which opens a damaged image read/write to fix it.
+    _tolerate_damage = False
+
     info = BackendInfo(
         name="VHDX",
         description="Hyper-V Virtual Hard Disk v2",
         capabilities=(Capability.UUID | Capability.CREATE_FIXED | Capability.CREATE_DYNAMIC
-                      | Capability.DIFF | Capability.FILE | Capability.VFS),
+                      | Capability.DIFF | Capability.FILE | Capability.VFS
+                      | Capability.DISCARD),
         extensions=(("vhdx", DiskType.HDD),),
         variants=("standard", "fixed"),
         config_keys=(
@@ -104,6 +120,7 @@ class VhdxImage(SingleFileImage):
         ),
         stores=frozenset({"uuid", "modification_uuid", "parent_modification_uuid",
                           "parent_path"}),
+        max_size=meta.MAX_DISK_SIZE,
     )
 
     def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
@@ -126,18 +143,16 @@ class VhdxImage(SingleFileImage):
         return DiskType.HDD
 
     @classmethod
-    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD,
-             config: Mapping[str, str] | None = None) -> VhdxImage:
-        if disk_type not in (DiskType.INVALID, DiskType.HDD):
-            raise InvalidType("VHDX images are hard disks", path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
+    def open_for_repair(cls, io: StorageProvider, path: str) -> VhdxImage:
+        """Open read/write even when the BAT is damaged, for the repair to fix it."""
+        return _Repairable.open(io, path, OpenFlags.NORMAL)
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list:
+        """``VDRepair`` for VHDX (see :mod:`.check`)."""
+        from .check import check
+        return check(io, path, repair, progress)
 
     def _load(self) -> None:
         storage, path = self.storage, self.path
@@ -165,20 +180,29 @@ class VhdxImage(SingleFileImage):
                               m.virtual_size, m.block_size, m.logical_sector_size,
                               m.has_parent, path)
         self._states = _DIFF_STATES if m.has_parent else _BASE_STATES
-        reserved = [(0, HEADER_AREA, "headers"),
-                    (self._bat_region.offset, self._bat_region.offset
-                     + self._bat_region.length, "BAT"),
-                    (self._metadata_region.offset, self._metadata_region.offset
-                     + self._metadata_region.length, "metadata region")]
-        if h.log_length:
-            reserved.append((h.log_offset, h.log_offset + h.log_length, "log"))
-        self._damage = self.bat.damage(reserved)
-        if self._damage and storage.writable:
+        self._refresh_layout()
+        if self._damage and storage.writable and not self._tolerate_damage:
             raise self._damaged_error()
-        _, ends = self.bat.allocations()
-        self._end = align_up(max([storage.size(), *(end for _, end, _ in reserved),
-                                  int(ends.max()) if ends.size else 0]), MiB)
         self.map = BlockMap(storage, m.block_size, m.virtual_size, self._io_lookup)
+
+    def _structures(self) -> list[tuple[int, int, str]]:
+        """``(start, end, name)`` of the headers, the log, the BAT and the metadata."""
+        out = [(0, HEADER_AREA, "headers")]
+        for region, name in ((self._bat_region, "BAT"),
+                             (self._metadata_region, "metadata region")):
+            out.append((region.offset, region.offset + region.length, name))
+        h = self.header
+        if h.log_length:
+            out.append((h.log_offset, h.log_offset + h.log_length, "log"))
+        return out
+
+    def _refresh_layout(self) -> None:
+        """Find BAT damage, and the 1 MiB aligned end where new blocks go."""
+        structures = self._structures()
+        self._damage = self.bat.damage(structures)
+        _, _, ends = self.bat.allocations()
+        self._end = align_up(max([self.storage.size(), *(end for _, end, _ in structures),
+                                  int(ends.max()) if ends.size else 0]), MiB)
 
     def _damaged_error(self) -> Corrupted:
         return Corrupted(f"the VHDX block allocation table is damaged ({self._damage}); the "
@@ -216,8 +240,11 @@ class VhdxImage(SingleFileImage):
             self._write_header(**changes)
         self._data_guid_renewed |= renew
 
-    def _commit(self, patches: list[tuple[int, bytes]]) -> None:
-        """Make metadata patches durable through the log (a fresh log GUID per session)."""
+    def _commit(self, patches: list[tuple[int, bytes]], atomic: bool = False) -> None:
+        """Make metadata patches durable through the log (a fresh log GUID per log use).
+
+        ``atomic``: in one log entry, so that a crash applies all of them or none.
+        """
         if not patches:
             return
         if not self.header.log_length:
@@ -226,15 +253,20 @@ class VhdxImage(SingleFileImage):
         if self._log is None:
             self._write_header(log_guid=uuidlib.uuid4())
             self._log = LogWriter(self.storage, self.header)
-        self._log.commit(patches)
+        self._log.commit(patches, atomic)
+
+    def _retire_log(self) -> None:
+        """Mark the log empty, so that nothing in it is replayed after a crash."""
+        if self.header.log_pending:
+            self._write_header(log_guid=NIL_UUID)
+        self._log = None
 
     def _end_session(self) -> None:
         """Leave the log empty (log GUID nil) at the end of a read/write session."""
-        if self._session and self.header.log_pending:
-            self._write_header(log_guid=NIL_UUID)
+        if self._session:
+            self._retire_log()
         self._session = False
         self._data_guid_renewed = False
-        self._log = None
 
     # -- the block table ------------------------------------------------------------------
 
@@ -331,6 +363,262 @@ class VhdxImage(SingleFileImage):
             self.storage.write_at(file_offset + a * ls, unit[a * ls:b * ls])
         self.bat.set_payload(block, batmod.FULLY_PRESENT, file_offset)
 
+    # -- releasing blocks, compaction, resizing -------------------------------------------
+
+    @property
+    def can_mark_zero(self) -> bool:
+        return True
+
+    def _refuse_fixed(self, what: str) -> None:
+        if self.meta.leave_blocks_allocated:
+            raise NotSupported(f"a fixed VHDX image keeps every block allocated, so it "
+                               f"cannot {what} (convert it to a dynamic image first)",
+                               self.path)
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Make the blocks NOT_PRESENT (the parent shows through; zeros in a base) or
+        ZERO (zeros that hide the parent), in one log entry."""
+        self.check_writable()
+        self._refuse_fixed("release blocks")
+        bs = self.meta.block_size
+        first, end = offset // bs, -(-min(offset + length, self.size) // bs)
+        if end <= first:
+            return
+        state = batmod.ZERO if zero else batmod.NOT_PRESENT
+        if self.bat.set_payloads(first, end - first, state):
+            self._begin_write(data=False)
+            self._commit(self.bat.patches())
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move the last blocks into free space and shorten the file (see :mod:`.space`).
+
+        Each batch of blocks is copied and flushed before the log entry that points
+        the BAT at the copies, so an interruption leaves every block readable.
+        """
+        self.check_writable()
+        self._refuse_fixed("be compacted")
+        self._pack(progress)
+
+    def _pack(self, progress: Progress | None) -> None:
+        region = self._bat_region
+        plan = space.plan([(s, e) for s, e, name in self._structures() if name != "BAT"],
+                          (region.offset, region.offset + region.length),
+                          *self.bat.allocations())
+        if not plan.moves and self.storage.size() <= plan.end:
+            return
+        self._begin_write(data=False)
+        batch: list[space.Move] = []
+        copied = 0
+        for done, move in enumerate(plan.moves):
+            report(progress, done, len(plan.moves), "moving blocks")
+            if move.index == space.BAT:
+                self._repoint(batch)  # the copy must hold every entry
+                batch, copied = [], 0
+                self._copy(move.source, move.target, move.size)
+                self.storage.flush()
+                self._point_at_bat(Region(BAT_GUID, move.target, region.length,
+                                          region.required))
+                continue
+            self._copy(move.source, move.target, move.size)
+            batch.append(move)
+            copied += move.size
+            if copied >= PACK_BATCH:
+                self._repoint(batch)
+                batch, copied = [], 0
+        self._repoint(batch)
+        # A log replayed after the cut would lengthen the file again: retire it first.
+        self._retire_log()
+        if self.storage.size() > plan.end:
+            self.storage.set_size(plan.end)
+            self.storage.flush()
+        self._end = plan.end
+        report(progress, len(plan.moves), len(plan.moves), "moving blocks")
+
+    def _repoint(self, moves: list[space.Move]) -> None:
+        """Point the BAT entries at the blocks' copies, once those are durable."""
+        if moves:
+            self.storage.flush()
+            for move in moves:
+                self.bat.move(move.index, move.target)
+            self._commit(self.bat.patches())
+
+    def _copy(self, source: int, target: int, size: int) -> None:
+        step = 16 * MiB
+        for pos in range(0, size, step):
+            n = min(step, size - pos)
+            data = self.storage.read_at(source + pos, n)  # a last block may end early
+            self.storage.write_at(target + pos, data.ljust(n, b"\0"))
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow (new blocks, the BAT moved to the end of the file if its region is
+        too small) or shrink (only when nothing stored lies beyond the new end)."""
+        self.check_writable()
+        m = self.meta
+        if size % m.logical_sector_size or not 0 < size <= meta.MAX_DISK_SIZE:
+            raise InvalidSize(f"a VHDX image holds a whole number of {m.logical_sector_size}"
+                              f"-byte sectors, at most 64 TiB (asked for {size} bytes)",
+                              self.path)
+        if size < m.virtual_size:
+            self._shrink(size)
+        elif size > m.virtual_size:
+            self._grow(size, progress)
+
+    def _shrink(self, size: int) -> None:
+        bs = self.meta.block_size
+        if self.meta.leave_blocks_allocated:
+            raise ShrinkNotSupported("a fixed VHDX image cannot be shrunk (convert it to a "
+                                     "dynamic one first)", self.path)
+        keep = -(-size // bs)
+        states, _ = self.bat.payload(keep, self.bat.blocks - keep)
+        stored = np.flatnonzero((states == batmod.FULLY_PRESENT)
+                                | (states == batmod.PARTIALLY_PRESENT))
+        if stored.size:
+            raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                     f"{(keep + int(stored[0])) * bs}); shrinking would "
+                                     f"lose it", self.path)
+        pos, end = size, min(keep * bs, self.size)
+        while pos < end:
+            status, run = self.block_status(pos, end - pos)
+            if status is Status.DATA:
+                tail = bytearray(run)
+                self.map.read_into(pos, memoryview(tail))
+                if not is_zero(tail):
+                    raise ShrinkNotSupported(f"the last block holds data after offset "
+                                             f"{size}; shrinking would lose it", self.path)
+            pos += run
+        self._begin_write(data=True)
+        self._commit(self.meta.set_item(meta.VIRTUAL_DISK_SIZE, struct.pack("<Q", size),
+                                        self.path), atomic=True)
+        self._set_virtual_size(size)
+
+    def _grow(self, size: int, progress: Progress | None) -> None:
+        m = self.meta
+        bs, old_blocks = m.block_size, self.bat.blocks
+        _, blocks, count = batmod.layout(size, bs, m.logical_sector_size, m.has_parent)
+        self._begin_write(data=True)
+        # The last block's bytes past the old end come into the disk: they must be zeros.
+        if m.virtual_size % bs:
+            state, offset = (int(a[0]) for a in self.bat.payload(old_blocks - 1, 1))
+            if state in (batmod.FULLY_PRESENT, batmod.PARTIALLY_PRESENT):
+                within = m.virtual_size % bs
+                self.storage.write_at(offset + within,
+                                      bytes(min(bs, size - (old_blocks - 1) * bs) - within))
+        fixed = (old_blocks, blocks - old_blocks) if m.leave_blocks_allocated else (0, 0)
+        self._store_table(self._entries(count), self.meta.set_item(
+            meta.VIRTUAL_DISK_SIZE, struct.pack("<Q", size), self.path), fixed, progress)
+        self._set_virtual_size(size)
+
+    def _set_virtual_size(self, size: int) -> None:
+        self.meta.virtual_size = size
+        self._reload_bat()
+        self.map.size = size
+
+    def _entries(self, count: int) -> np.ndarray:
+        """The first ``count`` BAT entries as they stand, extended with zeros."""
+        entries = np.zeros(count, dtype="<u8")
+        keep = min(count, self.bat.count)
+        entries[:keep] = self.bat.entries[:keep]
+        return entries
+
+    def _store_table(self, entries: np.ndarray, patches: list[tuple[int, bytes]],
+                     fixed_blocks: tuple[int, int] = (0, 0),
+                     progress: Progress | None = None) -> None:
+        """Make ``entries`` the BAT, then apply ``patches`` (the metadata that gives
+        it meaning: disk size, parent) in one log entry.
+
+        Entries beyond the current count are invisible until the patches land, so
+        they are written first.  When the BAT region is too small, a new one is
+        written after the last block and both region tables point at it in the
+        same log entry as the patches.  ``fixed_blocks`` ``(first, count)`` are
+        payload blocks of a fixed image to allocate after everything else.
+        """
+        count = len(entries)
+        region = self._bat_region
+        end = self._end
+        relocate = count * 8 > region.length
+        if relocate:
+            region = Region(BAT_GUID, end, align_up(count * 8, MiB), region.required)
+            end += region.length
+        first, n = fixed_blocks
+        if n:
+            bs = self.meta.block_size
+            blocks = np.arange(first, first + n, dtype=np.int64)
+            entries[blocks + blocks // self.bat.chunk_ratio] = \
+                (end + (blocks - first) * bs).astype(np.uint64) | np.uint64(batmod.FULLY_PRESENT)
+            self._reserve(self.storage, end, n * bs, progress)
+            end += n * bs
+        if relocate:
+            self.storage.write_at(region.offset, entries.tobytes())
+        if self.storage.size() < end:
+            self.storage.set_size(end)
+        self.storage.flush()
+        if relocate:
+            patches = self._region_patches(region) + patches
+        else:
+            self._commit(self._table_patches(region.offset, entries, self.bat.count))
+        self._commit(patches, atomic=True)
+        self._bat_region = region
+        self._end = end
+
+    def _region_patches(self, bat: Region) -> list[tuple[int, bytes]]:
+        """Both region tables, naming ``bat`` as the BAT region."""
+        table = pack_region_table([bat if r.guid == BAT_GUID else r
+                                   for r in regions_in_use(self.storage, self.path)])
+        return [(offset, table) for offset in REGION_OFFSETS]
+
+    def _point_at_bat(self, bat: Region) -> None:
+        """Make a (flushed) copy of the BAT the one both region tables name."""
+        self._commit(self._region_patches(bat), atomic=True)
+        self._bat_region = bat
+        self._reload_bat()
+
+    def _table_patches(self, offset: int, entries: np.ndarray,
+                       old_count: int) -> list[tuple[int, bytes]]:
+        """The 4 KiB sectors of a BAT at ``offset`` that differ from ``entries``
+        (entries up to ``old_count`` that it lacks become zeros)."""
+        sector = batmod.LOG_SECTOR
+        length = align_up(max(len(entries), old_count) * 8, sector)
+        current = np.frombuffer(self.storage.read_at(offset, length).ljust(length, b"\0"),
+                                dtype=np.uint8)
+        wanted = current.copy()
+        wanted[:max(len(entries), old_count) * 8] = 0
+        wanted[:len(entries) * 8] = entries.view(np.uint8)
+        rows = np.flatnonzero((current != wanted).reshape(-1, sector).any(axis=1))
+        return [(offset + int(r) * sector, wanted[r * sector:(r + 1) * sector].tobytes())
+                for r in rows]
+
+    def _reload_bat(self) -> None:
+        m = self.meta
+        self.bat = batmod.Bat(self.storage, self._bat_region.offset, self._bat_region.length,
+                              m.virtual_size, m.block_size, m.logical_sector_size,
+                              m.has_parent, self.path)
+
+    def _rebuild_sector_bitmap(self, chunk: int) -> None:
+        """A new sector bitmap block for ``chunk`` (the repair's guess): a sector of a
+        partially present block is this image's own when it holds anything but zeros."""
+        bat, m = self.bat, self.meta
+        self._begin_write(data=False)
+        ls = m.logical_sector_size
+        sectors = m.block_size // ls
+        bitmap = np.zeros(batmod.SECTOR_BITMAP_SIZE, dtype=np.uint8)
+        first = chunk * bat.chunk_ratio
+        states, offsets = bat.payload(first, min(bat.chunk_ratio, bat.blocks - first))
+        step = min(16 * MiB, m.block_size)
+        for within in np.flatnonzero(states == batmod.PARTIALLY_PRESENT).tolist():
+            own = np.zeros(sectors, dtype=bool)
+            for pos in range(0, m.block_size, step):
+                raw = self.storage.read_at(int(offsets[within]) + pos, step).ljust(step, b"\0")
+                rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, ls).any(axis=1)
+                own[pos // ls:(pos + step) // ls] = rows[:sectors - pos // ls]
+            at = within * sectors // 8
+            bitmap[at:at + sectors // 8] = np.packbits(own, bitorder="little")
+        where = self._end
+        self.storage.write_at(where, bitmap.tobytes())
+        self.storage.flush()  # the bitmap before the entry naming it
+        self._end = where + batmod.SECTOR_BITMAP_SIZE
+        bat.set_entry(bat.bitmap_index(chunk), batmod.entry(batmod.SB_PRESENT, where))
+        self._commit(bat.patches())
+
     # -- metadata -------------------------------------------------------------------------
 
     @property
@@ -404,39 +692,51 @@ class VhdxImage(SingleFileImage):
         locator = self.meta.locator
         return locator.path if locator else None
 
+    def check_parent(self, link: ParentLink | None) -> None:
+        self._parent_change(link)
+
+    def _parent_change(self, link: ParentLink | None
+                       ) -> tuple[meta.Metadata, list[tuple[int, bytes]]] | None:
+        """The metadata after re-linking to ``link`` and the writes that store it
+        (None: nothing to do); raises what re-linking would meet."""
+        m = self.meta
+        if link is None and not m.has_parent:
+            return None
+        if link is None and np.any(self.bat.payload(0, self.bat.blocks)[0]
+                                   == batmod.PARTIALLY_PRESENT):
+            raise NotSupported("a differencing VHDX with partially present blocks cannot "
+                               "become a base image", self.path)
+        draft = copy.deepcopy(m)
+        draft.has_parent = link is not None
+        draft.locator = self._new_locator(self.path, link) if link else None
+        patches = (draft.set_item(meta.PARENT_LOCATOR, draft.locator.pack(), self.path)
+                   if draft.locator else draft.remove_item(meta.PARENT_LOCATOR))
+        patches += draft.set_item(meta.FILE_PARAMETERS, meta.pack_file_parameters(
+            m.block_size, m.leave_blocks_allocated, draft.has_parent), self.path)
+        return draft, patches
+
     def set_parent(self, link: ParentLink | None) -> None:
         """Point the image at a new parent (merge, rebase), or make it a base (None).
 
-        The parent locator, the HasParent flag and (from base to differencing) the
-        BAT's extra sector-bitmap entries change together in one log entry.
+        The parent locator and the HasParent flag change together in one log entry,
+        with the BAT's sector bitmap entries (a base has fewer; becoming a base
+        drops them, becoming a differencing image may move the BAT to make room).
         """
-        m, bat = self.meta, self.bat
-        if link is None and not m.has_parent:
+        change = self._parent_change(link)
+        if change is None:
             return
-        if link is None and np.any(bat.payload(0, bat.blocks)[0] == batmod.PARTIALLY_PRESENT):
-            raise NotSupported("a differencing VHDX with partially present blocks cannot "
-                               "become a base image", self.path)
+        draft, patches = change
         self._begin_write(data=False)
-        has_parent = link is not None
+        m = self.meta
         count = batmod.layout(m.virtual_size, m.block_size, m.logical_sector_size,
-                              has_parent)[2]
-        if count * 8 > self._bat_region.length:
-            raise NotSupported("the VHDX BAT region has no room for the entries of a "
-                               "differencing image", self.path)
-        patches = []
-        if count > bat.count:  # entries a base does not use: make them "not present"
-            patches.append((bat.offset + bat.count * 8, bytes((count - bat.count) * 8)))
-        locator = self._new_locator(self.path, link) if link else None
-        patches += (m.set_item(meta.PARENT_LOCATOR, locator.pack(), self.path) if locator
-                    else m.remove_item(meta.PARENT_LOCATOR))
-        patches += m.set_item(meta.FILE_PARAMETERS, meta.pack_file_parameters(
-            m.block_size, m.leave_blocks_allocated, has_parent), self.path)
-        self._commit(patches)
-        m.has_parent, m.locator = has_parent, locator
-        self.bat = batmod.Bat(self.storage, self._bat_region.offset, self._bat_region.length,
-                              m.virtual_size, m.block_size, m.logical_sector_size,
-                              has_parent, self.path)
-        self._states = _DIFF_STATES if has_parent else _BASE_STATES
+                              draft.has_parent)[2]
+        entries = self._entries(count)
+        if not draft.has_parent:  # no partially present block is left to need them
+            entries[batmod.bitmap_entries(count, self.bat.chunk_ratio)] = 0
+        self._store_table(entries, patches)
+        self.meta = draft
+        self._reload_bat()
+        self._states = _DIFF_STATES if draft.has_parent else _BASE_STATES
 
     def rename(self, new_path: str) -> None:
         super().rename(new_path)
@@ -560,7 +860,7 @@ class VhdxImage(SingleFileImage):
             storage.write_at(metadata_offset, meta.pack_region(
                 block_size, fixed, size, request.uuid, logical, logical, locator))
             if fixed:
-                cls._preallocate(storage, payload, end - payload, request)
+                cls._reserve(storage, payload, end - payload, request.progress)
             if storage.size() < end:
                 storage.set_size(end)
             storage.flush()
@@ -582,10 +882,16 @@ class VhdxImage(SingleFileImage):
         return meta.ParentLocator(meta.VHDX_LOCATOR_TYPE, entries)
 
     @staticmethod
-    def _preallocate(storage: Storage, start: int, length: int, request: CreateRequest) -> None:
+    def _reserve(storage: Storage, start: int, length: int, progress: Progress | None) -> None:
         """Reserve the payload of a fixed image, reporting progress."""
         step = 64 << 20
         for pos in range(0, length, step):
-            report(request.progress, pos, length, "allocating")
+            report(progress, pos, length, "allocating")
             storage.allocate(start + pos, min(step, length - pos))
-        report(request.progress, length, length, "allocating")
+        report(progress, length, length, "allocating")
+
+
+class _Repairable(VhdxImage):
+    """A VHDX image the repair opens read/write although its BAT is damaged."""
+
+    _tolerate_damage = True

@@ -335,8 +335,11 @@ class LogWriter:
             per_entry -= 1
         self.per_entry = per_entry
 
-    def commit(self, patches: list[tuple[int, bytes]]) -> None:
-        """Make the byte patches ``(file offset, bytes)`` durable through the log."""
+    def commit(self, patches: list[tuple[int, bytes]], atomic: bool = False) -> None:
+        """Make the byte patches ``(file offset, bytes)`` durable through the log.
+
+        ``atomic`` puts them in one entry, so that a crash applies all or none.
+        """
         sectors: dict[int, bytearray] = {}
         for offset, data in patches:
             pos = offset
@@ -350,6 +353,9 @@ class LogWriter:
                 sector[pos - base:pos - base + n] = data[pos - offset:pos - offset + n]
                 pos += n
         items = sorted((k, bytes(v)) for k, v in sectors.items())
+        if atomic and len(items) > self.per_entry:
+            raise NotSupported(f"an update of {len(items)} sectors does not fit in one entry "
+                               f"of the {self.length}-byte VHDX log", self.storage.path)
         for i in range(0, len(items), self.per_entry):
             self._write_entry(items[i:i + self.per_entry])
 
