@@ -78,7 +78,7 @@ def test_dry_run_changes_nothing(vdimg: Runner, tmp_path: Path, wasteful: Path) 
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
 def test_format_that_cannot_compact(vdimg: Runner, tmp_path: Path,
                                     dry_run: list[str]) -> None:
-    image = make_image(tmp_path / "a.qcow2", backend="QCOW2", data={0: bytes(MIB)})
+    image = make_image(tmp_path / "a.raw", backend="RAW", data={0: bytes(MIB)})
     before = snapshot(image)
     vdimg("compact", *dry_run, image).assert_error(3, str(image), "cannot be compacted")
     assert snapshot(image) == before

@@ -42,7 +42,7 @@ def test_suffixes(vdimg: Runner, tmp_path: Path) -> None:
 
 
 def test_format_without_discard(vdimg: Runner, tmp_path: Path) -> None:
-    image = make_image(tmp_path / "a.qcow2", backend="QCOW2", data=DATA)
+    image = make_image(tmp_path / "a.raw", backend="RAW", data=DATA)
     before = snapshot(image)
     vdimg("discard", image, "0", "1M").assert_error(3, str(image), "cannot discard")
     assert snapshot(image) == before

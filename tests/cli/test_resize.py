@@ -133,17 +133,19 @@ def test_force_on_fixed_image_refused(vdimg: Runner, tmp_path: Path) -> None:
 
 
 def test_force_without_discard_refused(vdimg: Runner, tmp_path: Path) -> None:
-    qed = make_image(tmp_path / "a.qed", backend="QED", data={0: b"x"})
-    before = snapshot(qed)
-    vdimg("resize", "--force", qed, "2M").assert_error(
-        3, str(qed), "--force cannot", "cannot discard", "nothing was changed")
-    assert snapshot(qed) == before
+    raw = make_image(tmp_path / "a.raw", backend="RAW", data={3 << 20: b"x"})
+    before = snapshot(raw)
+    vdimg("resize", "--force", raw, "2M").assert_error(
+        3, str(raw), "--force cannot", "cannot discard", "nothing was changed")
+    assert snapshot(raw) == before
 
 
-def test_format_that_cannot_resize(vdimg: Runner, tmp_path: Path) -> None:
-    image = make_image(tmp_path / "a.qcow2", backend="QCOW2", data={0: b"x"})
+def test_image_that_cannot_resize(vdimg: Runner, tmp_path: Path) -> None:
+    from tests.formats.raw.test_raw import make_iso
+    image = tmp_path / "disc.iso"
+    make_iso(image)
     before = snapshot(image)
-    vdimg("resize", image, "8M").assert_error(3, str(image), "cannot be resized")
+    vdimg("resize", image, "8M").assert_error(3, str(image), "read-only")
     assert snapshot(image) == before
 
 

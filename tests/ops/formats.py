@@ -20,8 +20,8 @@ from vdgui.engine.types import Capability
 SMALL_UNITS = {
     "VDI": {"AllocationBlockSize": "256K", "DataAlignment": "512"},
     "QCOW2": {"cluster_size": "4096"},
-    "QED": {"cluster_size": "4096", "table_size": "1"},
-    "QCOW": {"cluster_size": "4096"},
+    "QED": {"cluster_size": "16384", "table_size": "1"},
+    "QCOW": {"cluster_size": "16384"},
     "VHD": {"BlockSize": "262144"},
     "VHDX": {"block_size": "1M"},
     "Parallels": {"cluster_size": "65536"},

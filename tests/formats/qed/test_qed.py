@@ -228,6 +228,12 @@ def test_set_parent_rewrites_the_backing_file(tmp_path: Path) -> None:
     child = tmp_path / "child.qed"
     create_diff(old, child, "QED", parent_backend="RAW")
     image = QedImage.open(default_provider(), str(child), OpenFlags.NORMAL)
+    # The header area has room for more, but qemu reads at most 4095 bytes of name.
+    too_long = ParentLink(None, None, str(tmp_path.joinpath(*["x" * 250] * 17, "p.qed")),
+                          "QED")
+    with pytest.raises(InvalidParameter, match="4095 bytes"):
+        image.check_parent(too_long)
+    image.check_parent(ParentLink(None, None, str(new), "QED"))
     image.set_parent(ParentLink(None, None, str(new), "QED"))
     image.close()
     info = qemu.info(child)

@@ -40,8 +40,8 @@ class BackendInfo:
     #: Image flags the backend accepts at creation.
     image_flags_mask: ImageFlags = ImageFlags.FIXED | ImageFlags.DIFF
     #: The metadata fields the format stores (so a UI can offer only what exists):
-    #: a subset of :data:`METADATA_FIELDS`.
-    stores: frozenset[str] = frozenset()
+    #: a subset of :data:`METADATA_FIELDS`; None when the backend does not say.
+    stores: frozenset[str] | None = None
     #: The largest virtual size the format can create, where it has a limit.
     max_size: int | None = None
 

@@ -14,6 +14,14 @@ moves the whole cluster, uncompressed, to a new place.  Encrypted images are
 refused.  New clusters are appended at the end of the file, data first, then a new
 L2 table, then the L2 entry, then the L1 entry.
 
+Clusters are released by clearing their entries (there is no zero marker); a pack
+moves clusters, compressed clusters, tables and the L1 table from the end of the
+file into the holes and cuts the file short.  The L1 table's size follows the disk
+size: it grows in place while nothing follows it, else it moves to the end of the
+file (written first, then the header points at it).  qemu-img has no check for
+this format; :meth:`QcowImage.check` checks what it can (entries outside the file
+or into metadata, clusters used twice, leaks, a file cut short).
+
 New images have 4 KiB clusters and one-cluster L2 tables (512 entries), as qemu
 and VirtualBox create base images (option ``cluster_size``: 512 bytes to 64 KiB;
 L2 tables are one cluster but at least 4 KiB).  qemu itself makes differencing
@@ -25,19 +33,22 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 
-from ..blockmap import DATA, FREE, BlockMap, unit_runs
-from ..errors import Corrupted, InvalidHeader, InvalidParameter, InvalidSize, InvalidType, \
-    NotSupported
-from ..io import StorageProvider
+from ..blockmap import DATA, FREE, BlockMap, is_zero, unit_runs
+from ..errors import (Corrupted, InvalidHeader, InvalidParameter, InvalidSize, InvalidType,
+                      NotSupported, ShrinkNotSupported, VDError)
+from ..findings import ERROR, WARNING, Finding
+from ..io import Storage, StorageProvider
 from ..layout import Layout
+from ..progress import Progress
 from ..sizes import align_up
 from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, DiskType,
                      ImageFlags, OpenFlags, Status)
-from ._twolevel import Region, TwoLevelTable
+from ._twolevel import (KIND_L1, CompressedSpec, Region, TableLayout, TwoLevelTable,
+                        leak_findings, run_check, survey_tables, table_fixes)
 from .base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
                    relative_parent_path, validate_config)
 
@@ -75,12 +86,13 @@ class QcowImage(SingleFileImage):
         name="QCOW",
         description="QEMU copy-on-write, version 1",
         capabilities=(Capability.CREATE_DYNAMIC | Capability.DIFF | Capability.FILE
-                      | Capability.ASYNC | Capability.VFS),
+                      | Capability.ASYNC | Capability.VFS | Capability.DISCARD),
         extensions=(("qcow", DiskType.HDD),),
         variants=("standard",),
         config_keys=(ConfigKey("cluster_size", str(DEFAULT_CLUSTER), ConfigValueType.INTEGER,
                                ConfigKeyFlags.CREATE_ONLY),),
         image_flags_mask=ImageFlags.DIFF,
+        stores=frozenset({"parent_path"}),
     )
 
     # -- probing and opening ---------------------------------------------------------
@@ -130,44 +142,49 @@ class QcowImage(SingleFileImage):
                                 f"is empty, too long or outside the file", path)
         return h
 
-    @classmethod
-    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD,
-             config: Mapping[str, str] | None = None) -> QcowImage:
-        if disk_type not in (DiskType.INVALID, DiskType.HDD):
-            raise InvalidType("QCOW images are hard disks", path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
-
     def _load(self) -> None:
         storage, path = self.storage, self.path
         h = self._h = self._parse_header(storage.read_at(0, HEADER.size), storage.size(), path)
-        self._bits = cb = h["cluster_bits"]
-        self._cluster = cs = 1 << cb
-        entries = 1 << h["l2_bits"]
-        # qemu counts whole sectors only.
-        self._size = h["size"] // SECTOR * SECTOR
-        reserved = [Region(0, HEADER.size, "header")]
+        self._bits = h["cluster_bits"]
+        self._cluster = 1 << self._bits
         self._backing: str | None = None
         if h["backing_file_offset"]:
-            start, length = h["backing_file_offset"], h["backing_file_size"]
-            self._backing = os.fsdecode(storage.read_exact(start, length,
-                                                           "QCOW backing file name"))
-            reserved.append(Region(start, start + length, "backing file name"))
-        l1_offset = h["l1_table_offset"]
-        l1_count = -(-h["size"] // (entries * cs))
-        reserved.append(Region(l1_offset, l1_offset + 8 * l1_count, "L1 table"))
-        self._meta_end = max(r.end for r in reserved)
-        self.tables = TwoLevelTable(
-            storage, cluster_size=cs, l2_entries=entries, dtype=">u8", l1_offset=l1_offset,
-            l1_count=l1_count, reserved=reserved, table_align=SECTOR, data_align=SECTOR,
-            decode=_decode)
-        self.map = BlockMap(storage, cs, self._size, self.tables.lookup)
+            self._backing = os.fsdecode(storage.read_exact(
+                h["backing_file_offset"], h["backing_file_size"], "QCOW backing file name"))
+        self._map_tables()
+
+    @staticmethod
+    def _layout(h: dict) -> TableLayout:
+        """Where the header ``h`` puts the tables, and what their entries may hold."""
+        cb = h["cluster_bits"]
+        cs, entries = 1 << cb, 1 << h["l2_bits"]
+        regions = [Region(0, HEADER.size, "header")]
+        if h["backing_file_offset"]:
+            start = h["backing_file_offset"]
+            regions.append(Region(start, start + h["backing_file_size"], "backing file name"))
+        l1 = h["l1_table_offset"]
+        count = -(-h["size"] // (entries * cs))
+        # An L1 table right after the header leaves the bytes before it to the backing
+        # name (set_parent may need them): clusters start after that room.
+        room = min(l1, align_up(HEADER.size + MAX_BACKING_NAME, 8))
+        return TableLayout(
+            cluster_size=cs, l2_entries=entries, dtype=">u8", l1_offset=l1, l1_count=count,
+            l1_capacity=count, l1_span=8 * count, regions=tuple(regions),
+            table_align=SECTOR, data_align=SECTOR, decode=_decode,
+            origin=align_up(max(room, *(r.end for r in regions)), cs), l1_align=SECTOR,
+            # qemu pads the L1 table to whole sectors; clusters end where they end.
+            min_end=l1 + align_up(8 * count, SECTOR), trunc=1, compressed=CompressedSpec(cb))
+
+    def _map_tables(self) -> None:
+        """Load the L1 table and set up the block map (after opening or relocating)."""
+        # qemu counts whole sectors only.
+        self._size = self._h["size"] // SECTOR * SECTOR
+        self.tables = TwoLevelTable(self.storage, self._layout(self._h))
+        self.map = BlockMap(self.storage, self._cluster, self._size, self.tables.lookup)
+
+    def _write_header(self) -> None:
+        self.check_writable()
+        self.storage.write_at(0, HEADER.pack(self._h))
 
     # -- compressed clusters ---------------------------------------------------------
 
@@ -198,8 +215,9 @@ class QcowImage(SingleFileImage):
         length = (entry >> shift) & (cs - 1)
         start = entry & ((1 << shift) - 1)
         where = f"the compressed cluster of guest offset {guest} ({length} bytes at {start:#x})"
-        if length == 0 or start < self._meta_end or start + length > self.tables.file_size:
-            raise Corrupted(f"{where} lies outside the file or overlaps the header", self.path)
+        why = "is empty" if length == 0 else self.tables.unusable(start, length)
+        if why:
+            raise Corrupted(f"{where} {why}", self.path)
         stream = self.storage.read_exact(start, length, "compressed cluster")
         try:
             data = zlib.decompressobj(-15).decompress(stream, cs)
@@ -271,16 +289,17 @@ class QcowImage(SingleFileImage):
 
     def _backing_name(self, link: ParentLink | None) -> bytes:
         """The name to store for ``link``, or NotSupported when it cannot fit."""
-        h = self._h
         name = os.fsencode(relative_parent_path(self.path, link.path)) if link else b""
-        # Only qemu's layout (name at 48, L1 right after it) has room known to be free.
-        qemu_layout = h["backing_file_offset"] in (0, HEADER.size) and \
-            h["l1_table_offset"] <= align_up(HEADER.size + MAX_BACKING_NAME, 8)
-        room = h["l1_table_offset"] - HEADER.size if qemu_layout else 0
+        if not name:
+            return name
+        # The name goes right after the header, up to the first table or cluster.
+        ext = self.tables.survey().ext
+        after = ext.start[ext.start >= HEADER.size]
+        room = (int(after.min()) if after.size else self.tables.file_size) - HEADER.size
         if len(name) > min(room, MAX_BACKING_NAME):
             raise NotSupported(f"the new backing file name ({len(name)} bytes) does not fit "
-                               f"in the {room} bytes a QCOW version 1 image has for it",
-                               self.path)
+                               f"in the {min(room, MAX_BACKING_NAME)} bytes this QCOW version "
+                               f"1 image has for it", self.path)
         return name
 
     def check_parent(self, link: ParentLink | None) -> None:
@@ -289,8 +308,8 @@ class QcowImage(SingleFileImage):
     def set_parent(self, link: ParentLink | None) -> None:
         """Record a new backing file (merge, rebase), or none.
 
-        The name lives between the header and the L1 table, which never moves: a new
-        name must fit in the room the old one left (qemu cannot change it at all).
+        The name lives between the header and the first table or cluster (qemu
+        cannot change it at all): a new name must fit in the room there.
         """
         self.check_writable()
         h = self._h
@@ -300,6 +319,134 @@ class QcowImage(SingleFileImage):
         with self.transaction():  # name and header change together or not at all
             self.storage.write_at(0, HEADER.pack(h) + name)
         self._backing = os.fsdecode(name) if name else None
+        self._map_tables()
+
+    # -- releasing clusters, compaction, resizing --------------------------------------
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        self.check_writable()
+        if zero:
+            raise NotSupported("QCOW version 1 has no zero clusters", self.path)
+        cs = self._cluster
+        first, end = offset // cs, -(-min(offset + length, self._size) // cs)
+        if end > first:
+            self.tables.release(first, end - first)
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move clusters and tables from the end into the holes, then cut the file."""
+        self.check_writable()
+        self.tables.pack(self._move_l1, progress)
+        self._map_tables()
+
+    def _move_l1(self, offset: int) -> None:
+        self._h["l1_table_offset"] = offset
+        self._write_header()
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow (the L1 table grows in place, or moves to the end of the file), or
+        shrink when nothing is stored past the new end."""
+        self.check_writable()
+        entries = self.tables.l2_entries
+        count = -(-size // (entries * self._cluster))
+        if size <= 0 or size % SECTOR or 8 * count > MAX_L1_BYTES:
+            raise InvalidSize(f"a QCOW image with {self._cluster}-byte clusters cannot hold "
+                              f"{size} bytes", self.path)
+        if size < self._size:
+            self._shrink(size, count, progress)
+        elif size > self._size:
+            self._grow(size, count, progress)
+
+    def _grow(self, size: int, count: int, progress: Progress | None) -> None:
+        h, old = self._h, len(self.tables.l1)
+        l1 = h["l1_table_offset"]
+        relocate = False
+        if count > old:
+            survey = self.tables.survey()
+            survey.require_clean(self.path)
+            ext = survey.ext
+            after = [int(s) for s in ext.start[(ext.kind != KIND_L1) & (ext.start >= l1)]]
+            after += [r.start for r in self.tables.layout.regions if r.start >= l1]
+            relocate = l1 + 8 * count > min(after, default=1 << 63)
+            if relocate:
+                # Written whole at the end first; the header switches to it at once.
+                at = align_up(self.storage.size(), self._cluster)
+                table = self.tables.l1.tobytes() + bytes(8 * (count - old))
+                self.storage.write_at(at, table.ljust(align_up(len(table), SECTOR), b"\0"))
+                l1 = at
+            else:
+                # The room after the table is unused: zero it for the new entries (and,
+                # at the end of the file, pad the table to whole sectors as qemu does).
+                end = l1 + (8 * count if after else align_up(8 * count, SECTOR))
+                self.storage.write_at(l1 + 8 * old, bytes(end - l1 - 8 * old))
+            self.storage.flush()
+        with self.transaction():
+            h["size"], h["l1_table_offset"] = size, l1
+            self._write_header()
+        self._map_tables()
+        if relocate:
+            self.pack(progress)  # the old table's place is free space now
+
+    def _shrink(self, size: int, count: int, progress: Progress | None) -> None:
+        cs = self._cluster
+        keep, old = -(-size // cs), -(-self._size // cs)
+        for first in range(keep, old, 1 << 20):
+            stored = np.flatnonzero(self.tables.entries(first, min(1 << 20, old - first)))
+            if stored.size:
+                raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                         f"{(first + int(stored[0])) * cs}); shrinking "
+                                         f"would lose it", self.path)
+        tail = bytearray(min(keep * cs, self._size) - size)
+        self.read_into(size, memoryview(tail))
+        if not is_zero(tail):
+            raise ShrinkNotSupported(f"the last cluster holds data after offset {size}; "
+                                     f"shrinking would lose it", self.path)
+        l1 = self.tables.l1
+        dropped = bool(l1.entries[count:].any())
+        with self.transaction():
+            if count < len(l1):
+                # Entries past the table's new end would come back if the disk grew.
+                self.storage.write_at(l1.offset + 8 * count, bytes(8 * (len(l1) - count)))
+            self._h["size"] = size
+            self._write_header()
+        self._map_tables()
+        if dropped:
+            self.pack(progress)  # the tables past the end are free space now
+
+    # -- check and repair --------------------------------------------------------------
+
+    @classmethod
+    def _inspect(cls, storage: Storage, plan, progress: Progress | None = None) -> None:
+        """Findings and fixes for the QCOW image in ``storage``."""
+        try:
+            # The file's length is checked with the tables, where a cut can be mended.
+            h = cls._parse_header(storage.read_at(0, HEADER.size), 1 << 63, storage.path)
+        except VDError as exc:
+            plan.add(ERROR, f"{exc.message}; the header cannot be rebuilt", 0)
+            return
+        layout = cls._layout(h)
+        survey = survey_tables(storage, layout, progress)
+        # No zero marker: an untrustworthy entry of a differencing image gets a zero
+        # cluster, so that the backing file's older data stays hidden.
+        table_fixes(survey, plan, "cluster" if h["backing_file_offset"] else "free")
+        leak_findings(plan, survey.ext, layout.origin, layout.cluster_size, survey.file_size,
+                      layout.min_end, layout.trunc)
+        extra = h["size"] % SECTOR
+        if extra:
+            h["size"] -= extra
+            header = HEADER.pack(h)
+            plan.add(WARNING, f"the disk size is not a multiple of 512 bytes (qemu ignores "
+                              f"the last {extra} bytes)", HEADER.offset_of("size"),
+                     f"round it down to {h['size']}")
+            plan.during.append(lambda target: target.write_at(0, header))
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list[Finding]:
+        """``VDRepair`` for QCOW: entries pointing outside the file or into metadata,
+        clusters used twice, a file cut short and leaked clusters.  A repair clears
+        unusable entries (a zero cluster instead in a differencing image), gives
+        each sharer of a cluster its own copy, extends a cut file, then packs."""
+        return run_check(cls, io, path, repair, progress)
 
     def describe(self) -> list[tuple[str, str]]:
         h = self._h
@@ -310,7 +457,7 @@ class QcowImage(SingleFileImage):
             ("L2 table entries", f"{1 << h['l2_bits']} (l2_bits {h['l2_bits']})"),
             ("L1 table offset", f"{h['l1_table_offset']:#x}"),
             ("L1 entries", str(len(self.tables.l1))),
-            ("L2 tables", str(sum(1 for _ in self.tables.tables()))),
+            ("L2 tables", str(int(np.count_nonzero(self.tables.l1.entries)))),
             ("crypt method", str(h["crypt_method"])),
             ("mtime", str(h["mtime"])),
             ("backing file", repr(self._backing) if self._backing is not None else "none"),

@@ -8,10 +8,16 @@ anything else is the file offset of the data cluster.
 
 Writing follows qemu: new clusters are appended at the end of the file (data, then
 a new L2 table, then the L2 entry, then the L1 entry), and the "need check"
-feature bit is set and flushed before the first allocation of a session and
+feature bit is set and flushed before the first metadata change of a session and
 cleared again on a clean close (or flush).  An image opened read/write with the
-bit still set is checked first: entries pointing outside the file or into
-metadata are cleared and what was fixed is logged.  Read-only opens never write.
+bit still set is checked first, as :meth:`QedImage.check` checks it (entries
+pointing outside the file or into metadata are cleared, shared clusters copied),
+and what was fixed is logged.  Read-only opens never write.
+
+Clusters are released by setting their entries to 0 (free) or 1 (zero cluster);
+a pack moves clusters and tables from the end of the file into the holes and
+cuts the file short.  The disk grows as far as the L1 table can map (the table
+never moves) and shrinks when nothing is stored past the new end.
 
 New images have 64 KiB clusters and 4-cluster tables by default (options
 ``cluster_size`` and ``table_size``).  qemu 7.2 cannot open images with
@@ -23,19 +29,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
 
 import numpy as np
 
-from ..blockmap import DATA, FREE, ZERO, BlockMap, unit_runs
+from ..blockmap import DATA, FREE, ZERO, BlockMap, is_zero, unit_runs
 from ..errors import (Corrupted, InvalidHeader, InvalidParameter, InvalidSize, InvalidType,
-                      NotSupported, ShrinkNotSupported)
-from ..io import StorageProvider
+                      NotSupported, ShrinkNotSupported, VDError)
+from ..findings import ERROR, LEAK, WARNING, Finding
+from ..io import Storage, StorageProvider
 from ..layout import Layout
 from ..progress import Progress
 from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, DiskType,
                      ImageFlags, OpenFlags, Status)
-from ._twolevel import Region, TwoLevelTable
+from ._twolevel import (CheckPlan, Region, TableLayout, TwoLevelTable, leak_findings,
+                        repair_open, run_check, survey_tables, table_fixes)
 from .base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
                    relative_parent_path, validate_config)
 
@@ -74,6 +81,7 @@ def _backing(path: str, link: ParentLink | None, room: int) -> tuple[int, bytes]
     if link is None:
         return 0, b""
     name = os.fsencode(relative_parent_path(path, link.path))
+    room = min(room, MAX_NAME)
     if len(name) > room:
         raise InvalidParameter(f"the backing file name is longer than the QED header area "
                                f"can hold ({room} bytes)", path)
@@ -93,7 +101,7 @@ class QedImage(SingleFileImage):
         name="QED",
         description="QEMU Enhanced Disk",
         capabilities=(Capability.CREATE_DYNAMIC | Capability.DIFF | Capability.FILE
-                      | Capability.ASYNC | Capability.VFS),
+                      | Capability.ASYNC | Capability.VFS | Capability.DISCARD),
         extensions=(("qed", DiskType.HDD),),
         variants=("standard",),
         config_keys=(
@@ -103,6 +111,7 @@ class QedImage(SingleFileImage):
                       ConfigKeyFlags.CREATE_ONLY),
         ),
         image_flags_mask=ImageFlags.DIFF,
+        stores=frozenset({"parent_path"}),
     )
 
     # -- probing and opening ---------------------------------------------------------
@@ -153,20 +162,6 @@ class QedImage(SingleFileImage):
                                 f"empty, too long or outside the header area", path)
         return h
 
-    @classmethod
-    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD,
-             config: Mapping[str, str] | None = None) -> QedImage:
-        if disk_type not in (DiskType.INVALID, DiskType.HDD):
-            raise InvalidType("QED images are hard disks", path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
-
     def _load(self) -> None:
         storage, path = self.storage, self.path
         h = self._h = self._parse_header(storage.read_at(0, HEADER.size), storage.size(), path)
@@ -184,17 +179,25 @@ class QedImage(SingleFileImage):
         if not self.read_only:
             self._start_writing()
 
+    @staticmethod
+    def _layout(h: dict) -> TableLayout:
+        """Where the header ``h`` puts the tables, and what their entries may hold."""
+        cs, ts = h["cluster_size"], h["table_size"]
+        entries = ts * cs // 8
+        header_bytes = h["header_size"] * cs
+        l1 = h["l1_table_offset"]
+        return TableLayout(
+            cluster_size=cs, l2_entries=entries, dtype="<u8", l1_offset=l1,
+            l1_count=-(-h["image_size"] // (entries * cs)), l1_capacity=entries,
+            l1_span=ts * cs, regions=(Region(0, header_bytes, "header"),),
+            table_align=cs, data_align=cs, decode=_decode, origin=header_bytes,
+            l1_align=cs, min_end=max(header_bytes, l1 + ts * cs), trunc=cs)
+
     def _map_tables(self) -> None:
         """Load the L1 entries that cover the disk and set up the block map."""
-        h, cs = self._h, self._cluster
-        l1 = h["l1_table_offset"]
-        self.tables = TwoLevelTable(
-            self.storage, cluster_size=cs, l2_entries=self._entries, dtype="<u8",
-            l1_offset=l1, l1_count=-(-h["image_size"] // (self._entries * cs)),
-            reserved=(Region(0, h["header_size"] * cs, "header"),
-                      Region(l1, l1 + h["table_size"] * cs, "L1 table")),
-            table_align=cs, data_align=cs, decode=_decode)
-        self.map = BlockMap(self.storage, cs, h["image_size"], self.tables.lookup)
+        self.tables = TwoLevelTable(self.storage, self._layout(self._h))
+        self.map = BlockMap(self.storage, self._cluster, self._h["image_size"],
+                            self.tables.lookup)
 
     def _start_writing(self) -> None:
         """Make a newly writable image consistent before anything is written."""
@@ -208,20 +211,65 @@ class QedImage(SingleFileImage):
             self._repair()
 
     def _repair(self) -> None:
-        """qemu's open-time check: clear entries that point outside the file or into
-        metadata, then clear the need-check flag if nothing unfixable remains."""
-        report = self.tables.scan(fix=True)
-        if report.fixable or report.shared_clusters:
+        """qemu's open-time check, done as :meth:`check` does it, except that leaked
+        space is left for a pack to give back."""
+        found = [f.what for f in repair_open(type(self), self.storage)
+                 if f.severity != LEAK and f.offset != HEADER.offset_of("features")]
+        if found:
             log.warning("%s was not closed cleanly; the consistency check found: %s",
-                        self.path, "; ".join(report.lines()))
+                        self.path, "; ".join(found))
         else:
             log.info("%s was not closed cleanly; the consistency check found no problems",
                      self.path)
-        self.storage.flush()
-        if not report.shared_clusters:
-            self._h["features"] &= ~FEATURE_NEED_CHECK
-            self._write_header()
-            self.storage.flush()
+        self._h = self._parse_header(self.storage.read_at(0, HEADER.size),
+                                     self.storage.size(), self.path)
+        self._map_tables()
+
+    # -- check and repair --------------------------------------------------------------
+
+    @classmethod
+    def _inspect(cls, storage: Storage, plan: CheckPlan,
+                 progress: Progress | None = None) -> None:
+        """Findings and fixes for the QED image in ``storage``."""
+        try:
+            # The file's length is checked with the tables, where a cut can be mended.
+            h = cls._parse_header(storage.read_at(0, HEADER.size), 1 << 63, storage.path)
+        except VDError as exc:
+            plan.add(ERROR, f"{exc.message}; the header cannot be rebuilt", 0)
+            return
+        layout = cls._layout(h)
+        survey = survey_tables(storage, layout, progress)
+        table_fixes(survey, plan, "marker" if h["features"] & FEATURE_BACKING_FILE else "free",
+                    ENTRY_ZERO)
+        leak_findings(plan, survey.ext, layout.origin, layout.cluster_size, survey.file_size,
+                      layout.min_end, layout.trunc)
+        fixed = dict(h)
+        if h["features"] & FEATURE_NEED_CHECK:
+            plan.add(WARNING, "the image was not closed cleanly (QED need-check flag set)",
+                     HEADER.offset_of("features"), "clear the flag once the tables are "
+                                                   "consistent")
+            fixed["features"] &= ~FEATURE_NEED_CHECK
+        if h["autoclear_features"]:
+            plan.add(WARNING, f"unknown autoclear feature bits are set "
+                              f"({h['autoclear_features']:#x})",
+                     HEADER.offset_of("autoclear_features"), "clear them")
+            fixed["autoclear_features"] = 0
+        if fixed != h:
+            header = HEADER.pack(fixed)
+            plan.during.append(lambda target: target.write_at(0, header))
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list[Finding]:
+        """``VDRepair`` for QED: the need-check consistency check, made complete.
+
+        Finds entries pointing outside the file or into metadata, tables or clusters
+        used twice, a file cut short, leaked clusters and a stale need-check flag.
+        A repair clears unusable entries (zero clusters in a differencing image, so
+        the backing file's older data stays hidden), gives each sharer of a cluster
+        its own copy, extends a cut file, then packs the file to reclaim leaks.
+        """
+        return run_check(cls, io, path, repair, progress)
 
     # -- header ----------------------------------------------------------------------
 
@@ -279,23 +327,81 @@ class QedImage(SingleFileImage):
                 values = at + np.arange(count, dtype=np.uint64) * np.uint64(cs)
             self.tables.set_entries(first + start, values)
 
+    # -- releasing clusters, compaction, resizing --------------------------------------
+
+    @property
+    def can_mark_zero(self) -> bool:
+        return True
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        self.check_writable()
+        cs = self._cluster
+        first, end = offset // cs, -(-min(offset + length, self.size) // cs)
+        if end > first:
+            self._begin_update()
+            self.tables.release(first, end - first, ENTRY_ZERO if zero else 0)
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move clusters and tables from the end into the holes, then cut the file."""
+        self.check_writable()
+        self._begin_update()
+        self.tables.pack(self._move_l1, progress)
+        self._map_tables()
+
+    def _move_l1(self, offset: int) -> None:
+        self._h["l1_table_offset"] = offset
+        self._write_header()
+
     def resize(self, size: int, progress: Progress | None = None) -> None:
-        """Grow the disk up to what the L1 table can map (the table never moves)."""
+        """Grow up to what the L1 table can map (the table never moves), or shrink when
+        nothing is stored past the new end."""
         self.check_writable()
         h, cs = self._h, self._cluster
-        if size < h["image_size"]:
-            raise ShrinkNotSupported("QED images can only grow", self.path)
         limit = self._entries * self._entries * cs
-        if size % SECTOR or size > limit:
+        if size <= 0 or size % SECTOR:
+            raise InvalidSize(f"the size {size} is not a positive multiple of 512 bytes",
+                              self.path)
+        if size > limit:
             raise InvalidSize(f"this QED image holds at most {limit} bytes (asked for "
                               f"{size})", self.path)
-        if size == h["image_size"]:
-            return
-        self.storage.flush()
-        h["image_size"] = size
-        self._write_header()
-        self.storage.flush()
+        if size < h["image_size"]:
+            self._shrink(size, progress)
+        elif size > h["image_size"]:
+            self.storage.flush()
+            h["image_size"] = size
+            self._write_header()
+            self.storage.flush()
+            self._map_tables()
+
+    def _shrink(self, size: int, progress: Progress | None) -> None:
+        cs, n = self._cluster, self._entries
+        keep, old = -(-size // cs), -(-self.size // cs)
+        for first in range(keep, old, 1 << 20):
+            states, _ = self.tables.lookup(first, min(1 << 20, old - first))
+            stored = np.flatnonzero(states == DATA)
+            if stored.size:
+                raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                         f"{(first + int(stored[0])) * cs}); shrinking "
+                                         f"would lose it", self.path)
+        tail = bytearray(min(keep * cs, self.size) - size)
+        self.map.read_into(size, memoryview(tail))
+        if not is_zero(tail):
+            raise ShrinkNotSupported(f"the last cluster holds data after offset {size}; "
+                                     f"shrinking would lose it", self.path)
+        self._begin_update()
+        l1 = self.tables.l1
+        count = -(-size // (n * cs))
+        dropped = bool(l1.entries[count:].any())
+        with self.transaction():
+            # Zero clusters past the end would come back if the disk grew again.
+            self.tables.release(keep, min(count * n, old) - keep)
+            l1.entries[count:] = 0
+            l1.persist(count, len(l1) - count)
+            self._h["image_size"] = size
+            self._write_header()
         self._map_tables()
+        if dropped:
+            self.pack(progress)  # the tables past the end are free space now
 
     # -- metadata --------------------------------------------------------------------
 
@@ -313,11 +419,18 @@ class QedImage(SingleFileImage):
             return "RAW"
         return None
 
+    def _name_room(self) -> int:
+        """Bytes the header area has for a backing file name."""
+        return self._h["header_size"] * self._cluster - HEADER.size
+
+    def check_parent(self, link: ParentLink | None) -> None:
+        _backing(self.path, link, self._name_room())
+
     def set_parent(self, link: ParentLink | None) -> None:
         """Record a new backing file (merge, rebase), or none."""
         self.check_writable()
         h = self._h
-        bits, name = _backing(self.path, link, h["header_size"] * self._cluster - HEADER.size)
+        bits, name = _backing(self.path, link, self._name_room())
         h["features"] = h["features"] & ~(FEATURE_BACKING_FILE | FEATURE_BACKING_RAW) | bits
         h["backing_filename_offset"] = HEADER.size if name else 0
         h["backing_filename_size"] = len(name)
@@ -331,7 +444,6 @@ class QedImage(SingleFileImage):
                                         (FEATURE_NEED_CHECK, "need check"),
                                         (FEATURE_BACKING_RAW, "backing format raw"))
                  if h["features"] & bit]
-        tables = list(self.tables.tables())
         return [
             ("cluster size", str(h["cluster_size"])),
             ("table size", f"{h['table_size']} clusters ({self._entries} entries)"),
@@ -341,7 +453,7 @@ class QedImage(SingleFileImage):
             ("autoclear features", f"{h['autoclear_features']:#x}"),
             ("L1 table offset", f"{h['l1_table_offset']:#x}"),
             ("L1 entries used", str(len(self.tables.l1))),
-            ("L2 tables", str(len(tables))),
+            ("L2 tables", str(int(np.count_nonzero(self.tables.l1.entries)))),
             ("image size", str(h["image_size"])),
             ("backing file", repr(self._backing) if self._backing is not None else "none"),
         ]

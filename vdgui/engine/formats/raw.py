@@ -114,6 +114,7 @@ class RawImage(SingleFileImage):
         config_keys=(ConfigKey("preallocation", "off", ConfigValueType.STRING,
                                ConfigKeyFlags.CREATE_ONLY),),
         image_flags_mask=ImageFlags.FIXED,
+        stores=frozenset(),
     )
 
     @classmethod

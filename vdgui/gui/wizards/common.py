@@ -26,8 +26,8 @@ from .. import icons
 
 def declares(info: BackendInfo, field: str) -> bool | None:
     """Whether the format stores metadata ``field`` (``BackendInfo.stores``); None
-    when the backend does not say (an empty declaration)."""
-    if not info.stores:
+    when the backend does not say."""
+    if info.stores is None:
         return None
     return field in info.stores
 
