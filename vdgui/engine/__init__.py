@@ -15,7 +15,8 @@ This package never imports Qt.
 """
 
 from .chain import ChainLink, ParentNotFound, discover_chain, find_parent, open_chain
-from .container import Disk, ImageView, MapExtent
+from .container import Disk, MapExtent
+from .image_view import ImageView
 from .errors import Cancelled, VDError
 from .formats.base import METADATA_FIELDS, BackendInfo
 from .io import default_provider
