@@ -381,7 +381,8 @@ def test_resize_refusals(tmp_path: Path) -> None:
     from vdgui.engine.errors import NotSupported, ShrinkNotSupported
     with Disk() as disk:
         disk.create_base(tmp_path / "d.vmdk", SIZE, "VMDK")
-        with pytest.raises(ShrinkNotSupported):
+        disk.write(SIZE - 512, b"\1")
+        with pytest.raises(ShrinkNotSupported):  # data beyond the new end
             disk.image(0).resize(SIZE - 65536)
     with Disk() as disk:
         disk.create_base(tmp_path / "s.vmdk", SIZE, "VMDK", ImageFlags.VMDK_STREAM_OPTIMIZED)

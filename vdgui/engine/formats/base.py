@@ -18,7 +18,8 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import ClassVar, ContextManager, Mapping
 
-from ..errors import GeometryNotSet, InvalidParameter, InvalidType, NotSupported, ReadOnly
+from ..errors import (GeometryNotSet, InvalidParameter, InvalidType, NotSupported, ReadOnly,
+                      ShrinkNotSupported)
 from ..io import Storage, StorageProvider
 from ..progress import Progress
 from ..types import (Capability, ConfigKey, DiskType, Geometry, ImageFlags, OpenFlags,
@@ -209,9 +210,32 @@ class Image(abc.ABC):
         """
         raise NotSupported(f"the {self.info.name} format cannot release blocks", self.path)
 
+    def check_compactable(self) -> None:
+        """Raise NotSupported, changing nothing, when this image cannot be compacted."""
+        if type(self).pack is Image.pack or type(self).unmap is Image.unmap:
+            raise NotSupported(f"the {self.info.name} format cannot be compacted",
+                               self.path)
+
     def pack(self, progress: Progress | None = None) -> None:
         """Move allocated blocks into the holes :meth:`unmap` left and shrink the file."""
         raise NotSupported(f"the {self.info.name} format cannot be compacted", self.path)
+
+    def check_resize(self, size: int) -> None:
+        """Raise what :meth:`resize` would refuse for ``size``, changing nothing.
+
+        The default: NotSupported where the format has no resize, and for a shrink,
+        ShrinkNotSupported when the image stores data beyond the new end (formats
+        that allow more, e.g. cutting zeros, may override).
+        """
+        if type(self).resize is Image.resize:
+            raise NotSupported(f"the {self.info.name} format cannot be resized", self.path)
+        pos = size
+        while pos < self.size:
+            status, run = self.block_status(pos, self.size - pos)
+            if status is Status.DATA:
+                raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                         f"{pos}); shrinking would lose it", self.path)
+            pos += run
 
     def resize(self, size: int, progress: Progress | None = None) -> None:
         """Change the virtual size (``VDResize``), keeping the content.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..container import Disk
-from ..errors import NotSupported, ReadOnly
+from ..errors import ReadOnly
 from ..formats.base import Image
 from ..blockmap import changed_units, zero_units
 from ..progress import Progress, part, report
@@ -39,9 +39,8 @@ class CompactPlan:
 
 
 def check_compactable(image: Image) -> None:
-    """Refuse (NotSupported) an image whose format cannot be compacted."""
-    if type(image).pack is Image.pack or type(image).unmap is Image.unmap:
-        raise NotSupported(f"the {image.info.name} format cannot be compacted", image.path)
+    """Refuse (NotSupported) an image that cannot be compacted, before anything runs."""
+    image.check_compactable()
 
 
 def compact(disk: Disk, n: int = LAST_IMAGE, progress: Progress | None = None,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from ..blockmap import zeros
 from ..container import Disk
-from ..errors import InvalidSize, NotSupported, ReadOnly, ShrinkNotSupported, VDError
-from ..formats.base import Image
+from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
 from ..progress import Progress, part, report
 from ..sizes import align_up
-from ..types import SECTOR, Geometry, ImageFlags, Status
+from ..types import SECTOR, Geometry, ImageFlags
 from .preflight import ensure_space
 
 
@@ -68,20 +67,12 @@ def check_resizable(disk: Disk, size: int) -> None:
     if not len(disk):
         raise NotSupported("no image is opened")
     image = disk.image(-1)
-    if type(image).resize is Image.resize:
-        raise NotSupported(f"the {image.info.name} format cannot be resized", image.path)
     if image.read_only:
         raise ReadOnly("the image is opened read-only", image.path)
     if size <= 0 or size % SECTOR:
         raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
                           image.path)
-    pos = size
-    while pos < image.size:
-        status, run = image.block_status(pos, image.size - pos)
-        if status is Status.DATA:
-            raise ShrinkNotSupported(f"data is stored beyond the new end (from offset {pos}); "
-                                     f"shrinking would lose it", image.path)
-        pos += run
+    image.check_resize(size)
 
 
 def _hide_below(disk: Disk, old_size: int, size: int) -> None:

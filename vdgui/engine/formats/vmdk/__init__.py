@@ -5,6 +5,8 @@
 * :mod:`.sparse` — hosted sparse ("KDMV") and ESX COWD extents, compressed grains.
 * :mod:`.stream` — writing streamOptimized extents.
 * :mod:`.rawdisk` — raw-disk descriptors (:class:`RawDisk`, :class:`RawPartition`).
+* :mod:`.packing` — planning the compaction of sparse extents; loading grain tables.
+* :mod:`.check` — check and repair (``VDRepair``).
 * :mod:`.create` — making the files of every variant.
 * :mod:`.config` — the configuration keys.
 * :mod:`.image` — :class:`VmdkImage`, the backend.

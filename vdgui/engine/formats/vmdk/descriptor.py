@@ -357,6 +357,8 @@ class DescriptorSource:
     header: SparseHeader | None = None
     #: A bare ESX COWD extent opened directly.
     cowd: bool = False
+    #: The file holds no descriptor: this one was made up (its CID means nothing).
+    synthetic: bool = False
 
 
 def read_descriptor(storage: Storage, path: str) -> DescriptorSource:
@@ -364,7 +366,7 @@ def read_descriptor(storage: Storage, path: str) -> DescriptorSource:
     head = storage.read_at(0, SECTOR)
     if head[:4] == COWD_MAGIC:
         descriptor = Descriptor.new("vmfsSparse", 0, NO_PARENT_CID, [], [])
-        return DescriptorSource(descriptor, (0, 0), cowd=True)  # no room for one
+        return DescriptorSource(descriptor, (0, 0), cowd=True, synthetic=True)
     if head[:4] == MAGIC:
         header = SparseHeader.unpack(head, path)
         area = (header.desc_offset * SECTOR, header.desc_size * SECTOR)
@@ -384,13 +386,14 @@ def read_descriptor(storage: Storage, path: str) -> DescriptorSource:
                 raise Corrupted("the VMDK file has neither a capacity nor a descriptor", path,
                                 status=_STATUS)
             return DescriptorSource(Descriptor.parse(text, path), area)
-        if text.strip():
-            descriptor = Descriptor.parse(text, path)
-        else:  # an extent of a split image, opened on its own
+        synthetic = not text.strip()
+        if synthetic:  # an extent of a split image, opened on its own
             descriptor = Descriptor.new("monolithicSparse", new_cid(), NO_PARENT_CID, [], [])
+        else:
+            descriptor = Descriptor.parse(text, path)
         if not (header.desc_offset and header.desc_size):
             area = (0, 0)  # no room for a descriptor
-        return DescriptorSource(descriptor, area, header)
+        return DescriptorSource(descriptor, area, header, synthetic=synthetic)
     size = storage.size()
     if size > MAX_DESCRIPTOR_BYTES:
         raise NotSupported(f"the VMDK descriptor file is {size} bytes long, more than the "
@@ -406,7 +409,10 @@ def read_descriptor(storage: Storage, path: str) -> DescriptorSource:
 def read_cid(io: StorageProvider, path: str) -> int:
     """The CID of the VMDK image at ``path`` (for a child's ``parentCID``)."""
     with io.open(path) as storage:
-        cid = read_descriptor(storage, path).descriptor.get_hex("CID", path)
+        source = read_descriptor(storage, path)
+    if source.synthetic:
+        return NO_PARENT_CID  # a bare extent has no CID a child could match
+    cid = source.descriptor.get_hex("CID", path)
     if cid is None:
         raise Corrupted("the parent VMDK's descriptor has no CID", path, status=_NOT_FOUND)
     return cid

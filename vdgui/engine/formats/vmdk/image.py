@@ -13,6 +13,13 @@ tools notice a changed parent) and, in differencing images, ``parentCID`` and
 ``parentFileNameHint``.  Any change rewrites the descriptor in place; an embedded
 descriptor cannot grow past its reserved area.
 
+Maintenance works on hosted sparse extents (monolithicSparse, twoGbMaxExtentSparse,
+differencing images): ``unmap`` releases grains (free, or zero grains where the
+header allows them), ``pack`` moves grains into the holes and cuts the files;
+resizing grows any variant but streams and raw disks, and shrinks sparse and flat
+ones when nothing is stored beyond the new end.  streamOptimized images are
+compressed and written once: they cannot be compacted in place.
+
 Extent paths are trusted only inside the descriptor's folder: an absolute path,
 one that climbs out with ``..`` or through a symbolic link, and every raw-disk
 descriptor need ``AllowExternalExtents=1`` in the per-image configuration
@@ -28,6 +35,8 @@ import dataclasses
 import os
 import uuid as uuidlib
 from typing import Iterator, Mapping
+
+import numpy as np
 
 from ...blockmap import zeros
 from ...errors import (Corrupted, GeometryNotSet, InvalidHeader, InvalidParameter,
@@ -59,6 +68,26 @@ class ExtentRefused(VDError):
     """A descriptor names an extent file this program will not open unasked."""
 
     status = "VERR_ACCESS_DENIED"
+
+
+def resolve_extent(image_path: str, name: str, allowed: bool) -> str:
+    """The host path of extent file ``name`` of the image at ``image_path``, refusing
+    (ExtentRefused) paths outside the image's folder unless ``allowed``."""
+    folder = os.path.dirname(os.path.abspath(image_path))
+    candidate = os.path.normpath(os.path.join(folder, name))
+    if allowed:
+        return candidate
+    if os.path.isabs(name):
+        why = "is an absolute path"
+    else:
+        real_folder = os.path.realpath(folder)
+        real = os.path.realpath(candidate)
+        if os.path.commonpath([real_folder, real]) == real_folder and real != real_folder:
+            return candidate
+        why = f"resolves to {real}, outside the image's folder"
+    raise ExtentRefused(f"the descriptor names the extent file {name!r}, which {why}; "
+                        f"refusing to open it.  If you trust this image, allow it with "
+                        f"the per-image option {ALLOW_EXTERNAL}=1", image_path)
 
 
 class _Files:
@@ -139,7 +168,8 @@ class VmdkImage(Image):
         description="VMware Virtual Machine Disk",
         capabilities=(Capability.UUID | Capability.CREATE_FIXED | Capability.CREATE_DYNAMIC
                       | Capability.CREATE_SPLIT_2G | Capability.DIFF | Capability.FILE
-                      | Capability.ASYNC | Capability.VFS | Capability.PREFERRED),
+                      | Capability.ASYNC | Capability.VFS | Capability.DISCARD
+                      | Capability.PREFERRED),
         extensions=(("vmdk", DiskType.HDD),),
         variants=("standard", "fixed", "split2g", "stream", "esx", "rawdisk"),
         config_keys=(
@@ -158,6 +188,9 @@ class VmdkImage(Image):
         image_flags_mask=(ImageFlags.FIXED | ImageFlags.DIFF | ImageFlags.VMDK_SPLIT_2G
                           | ImageFlags.VMDK_RAWDISK | ImageFlags.VMDK_STREAM_OPTIMIZED
                           | ImageFlags.VMDK_ESX),
+        stores=frozenset({"uuid", "modification_uuid", "parent_uuid",
+                          "parent_modification_uuid", "comment", "pchs", "lchs",
+                          "parent_path"}),
     )
 
     def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
@@ -250,22 +283,7 @@ class VmdkImage(Image):
                                  not self.open_flags & OpenFlags.SKIP_CONSISTENCY_CHECKS)
 
     def _resolve(self, name: str, allowed: bool) -> str:
-        """The host path of extent file ``name``, refusing paths outside the folder."""
-        folder = os.path.dirname(os.path.abspath(self.path))
-        candidate = os.path.normpath(os.path.join(folder, name))
-        if allowed:
-            return candidate
-        if os.path.isabs(name):
-            why = "is an absolute path"
-        else:
-            real_folder = os.path.realpath(folder)
-            real = os.path.realpath(candidate)
-            if os.path.commonpath([real_folder, real]) == real_folder and real != real_folder:
-                return candidate
-            why = f"resolves to {real}, outside the image's folder"
-        raise ExtentRefused(f"the descriptor names the extent file {name!r}, which {why}; "
-                            f"refusing to open it.  If you trust this image, allow it with "
-                            f"the per-image option {ALLOW_EXTERNAL}=1", self.path)
+        return resolve_extent(self.path, name, allowed)
 
     def _open_extent(self, line: ExtentLine, config: Mapping[str, str] | None) -> Extent:
         if line.type == "ZERO":
@@ -429,20 +447,26 @@ class VmdkImage(Image):
         """Rewrite the descriptor in place, all or nothing (journalled)."""
         raw = encode(self.descriptor.render())
         storage = self._desc_storage
-        if self._desc_area is not None:
-            offset, size = self._desc_area
-            if len(raw) >= size:
-                raise InvalidParameter(
-                    f"the descriptor would need {len(raw) + 1} bytes, but the area reserved "
-                    f"for it in the file holds {size}" if size else
-                    "this sparse extent has no room for a descriptor", self.path)
+        self._check_room(raw)
         with storage.transaction():
             if self._desc_area is None:
                 storage.write_at(0, raw)
                 if storage.size() > len(raw):
                     storage.set_size(len(raw))
             else:
+                offset, size = self._desc_area
                 storage.write_at(offset, raw + zeros(size - len(raw)))
+
+    def _check_room(self, raw: bytes) -> None:
+        """Refuse a descriptor that does not fit the area embedded in the file."""
+        if self._desc_area is None:
+            return
+        size = self._desc_area[1]
+        if len(raw) >= size:
+            raise InvalidParameter(
+                f"the descriptor would need {len(raw) + 1} bytes, but the area reserved "
+                f"for it in the file holds {size}" if size else
+                "this sparse extent has no room for a descriptor", self.path)
 
     def _update(self, values: dict[str, str | None]) -> None:
         """Change descriptor keys and write the descriptor (all or nothing)."""
@@ -556,37 +580,53 @@ class VmdkImage(Image):
     def parent_filename(self) -> str | None:
         return self.descriptor.get("parentFileNameHint") or None
 
+    def _parent_values(self, link: ParentLink | None) -> dict[str, str | None]:
+        """The descriptor keys that record ``link`` (None: no parent)."""
+        if link is not None and self._flags & ImageFlags.VMDK_RAWDISK:
+            raise NotSupported("a raw-disk VMDK cannot be a differencing image", self.path)
+        if self._desc_area == (0, 0):
+            raise NotSupported("this file is a bare sparse extent without a descriptor; open "
+                               "the image's descriptor file instead", self.path)
+        if link is None:
+            return {"parentFileNameHint": None, "parentCID": f"{NO_PARENT_CID:08x}",
+                    UUID_KEYS["parent"]: str(NIL_UUID),
+                    UUID_KEYS["parent_modification"]: str(NIL_UUID)}
+        cid = read_cid(self.io, link.path) if link.format.upper() == "VMDK" \
+            else NO_PARENT_CID
+        return {"parentFileNameHint": relative_parent_path(self.path, link.path),
+                "parentCID": f"{cid:08x}",
+                UUID_KEYS["parent"]: str(link.uuid or NIL_UUID),
+                UUID_KEYS["parent_modification"]: str(link.modification_uuid or NIL_UUID)}
+
+    def check_parent(self, link: ParentLink | None) -> None:
+        """Refuse up front a link the descriptor cannot hold (a long parent path in
+        the fixed area embedded in a monolithic file, a raw disk, a bare extent)."""
+        trial = Descriptor.parse(self.descriptor.render(), self.path)
+        for key, value in self._parent_values(link).items():
+            trial.set(key, value)
+        self._check_room(encode(trial.render()))
+
     def set_parent(self, link: ParentLink | None) -> None:
         """Point the image at a new parent (merge, rebase), or make it a base."""
-        if link is None:
-            values = {"parentFileNameHint": None, "parentCID": f"{NO_PARENT_CID:08x}",
-                      UUID_KEYS["parent"]: str(NIL_UUID),
-                      UUID_KEYS["parent_modification"]: str(NIL_UUID)}
-        else:
-            cid = read_cid(self.io, link.path) if link.format.upper() == "VMDK" \
-                else NO_PARENT_CID
-            values = {"parentFileNameHint": relative_parent_path(self.path, link.path),
-                      "parentCID": f"{cid:08x}",
-                      UUID_KEYS["parent"]: str(link.uuid or NIL_UUID),
-                      UUID_KEYS["parent_modification"]: str(link.modification_uuid
-                                                             or NIL_UUID)}
-        self._update(values)
+        self._update(self._parent_values(link))
         sparse = [e for e in self.extents if isinstance(e, SparseExtent)]
         self._flags = self._derive_flags(self.descriptor, sparse)
 
     def resize(self, size: int, progress: Progress | None = None) -> None:
-        """Grow the disk (VirtualBox's VMDK backend cannot shrink): the last extent
-        grows (split images: up to 2047 MiB) and split images get new extents."""
+        """Grow the disk: the last extent grows (split images: up to 2047 MiB) and
+        split images get new extents.  Shrink it when nothing is stored beyond the new
+        end (VirtualBox cannot): extents past it go, the last one is cut."""
         self.check_writable()
-        if size < self._size:
-            raise ShrinkNotSupported("VMDK images can grow but not shrink", self.path)
-        if size % SECTOR:
-            raise InvalidSize(f"the size {size} is not a multiple of 512", self.path)
+        if size <= 0 or size % SECTOR:
+            raise InvalidSize(f"the size {size} is not a positive multiple of 512", self.path)
         if size == self._size:
             return
         if self._flags & (ImageFlags.VMDK_STREAM_OPTIMIZED | ImageFlags.VMDK_RAWDISK):
             raise NotSupported("streamOptimized and raw-disk VMDKs cannot be resized",
                                self.path)
+        if size < self._size:
+            self._shrink(size)
+            return
         fixed = bool(self._flags & ImageFlags.FIXED)
         if not fixed and size >= MAX_DYNAMIC_SIZE:
             raise InvalidSize("a growing VMDK must be smaller than 256 TiB - 64 KiB", self.path)
@@ -625,6 +665,148 @@ class VmdkImage(Image):
             creator.remove_files()
             raise
         self._assemble(self.descriptor, self.extents, self._desc_storage, self._desc_area)
+
+    def _shrink(self, size: int) -> None:
+        """Cut the disk at ``size``: the descriptor first (a crash then leaves extents
+        larger than the descriptor says, which is harmless), then the last extent's
+        header or file, then the files of the extents past the end."""
+        self._refuse_shrink(size)
+        keep = bisect.bisect_left(self._starts, size)
+        last = self.extents[keep - 1]
+        sectors = (size - self._starts[keep - 1]) // SECTOR
+        if isinstance(last, FlatExtent):
+            if last.device:
+                raise NotSupported("an extent on a host device cannot shrink", self.path)
+            last.check_writable()
+        elif not isinstance(last, (SparseExtent, ZeroExtent)):
+            raise NotSupported(f"the {last.kind} extent cannot shrink", self.path)
+        lines = self._extent_lines()[:keep]
+        lines[-1] = dataclasses.replace(lines[-1], sectors=sectors)
+        kept, dropped = self.extents[:keep], self.extents[keep:]
+        before = self.descriptor.render()
+        same_file = isinstance(last, SparseExtent) and last.storage is self._desc_storage
+        try:
+            with self._desc_storage.transaction() if same_file else contextlib.nullcontext():
+                if self.descriptor.extents:
+                    self.descriptor.set_extents(lines)
+                    self._write_descriptor()
+                if isinstance(last, SparseExtent):
+                    last.shrink(sectors)
+        except BaseException:
+            self.descriptor = Descriptor.parse(before, self.path)
+            raise
+        if isinstance(last, FlatExtent):
+            last.sectors = sectors
+            end = last.start + last.size
+            owners = [e for e in self.extents if getattr(e, "path", None) == last.path]
+            if len(owners) == 1 and last.path != self.path and last.storage.size() > end:
+                last.storage.set_size(end)
+        elif isinstance(last, ZeroExtent):
+            last.sectors = sectors
+        still_used = {e.path for e in kept} | {self.path}
+        for extent in dropped:
+            if extent.path and extent.path not in still_used and \
+                    not getattr(extent, "device", False) and \
+                    not isinstance(extent, UnusableExtent):
+                still_used.add(extent.path)
+                self._files.forget(extent.path)
+                self.io.delete(extent.path)
+        self._assemble(self.descriptor, kept, self._desc_storage, self._desc_area)
+
+    def _refuse_shrink(self, size: int) -> None:
+        """ShrinkNotSupported, naming the offset, when data lies at or after ``size``.
+
+        Allocated grains past the end count as data (as in VDI); in the grain the new
+        end cuts, and in flat extents, only non-zero bytes do.
+        """
+        pos, end = size, self._size
+        while pos < end:
+            i = bisect.bisect_right(self._starts, pos) - 1
+            extent, rel = self.extents[i], pos - self._starts[i]
+            if isinstance(extent, UnusableExtent):
+                raise NotSupported(f"the extent {extent.path!r} cannot be used; the image "
+                                   f"cannot shrink", self.path)
+            status, run = extent.block_status(rel, min(end - pos, extent.size - rel))
+            if status is Status.DATA:
+                if not isinstance(extent, SparseExtent):
+                    self._require_zeros(pos, pos + run)
+                elif (self._starts[i] + rel // extent.grain_bytes * extent.grain_bytes
+                      < size):
+                    grain_end = self._starts[i] + (rel // extent.grain_bytes + 1) \
+                        * extent.grain_bytes
+                    run = min(grain_end, end) - pos
+                    self._require_zeros(pos, pos + run)
+                else:
+                    raise ShrinkNotSupported(f"data is stored beyond the new end (from "
+                                             f"offset {pos}); shrinking would lose it",
+                                             self.path)
+            pos += run
+
+    def _require_zeros(self, start: int, stop: int) -> None:
+        step = 16 << 20
+        for pos in range(start, stop, step):
+            data = bytearray(min(step, stop - pos))
+            self.read_into(pos, memoryview(data))
+            nonzero = np.flatnonzero(np.frombuffer(data, dtype=np.uint8))
+            if nonzero.size:
+                raise ShrinkNotSupported(f"data is stored beyond the new end (at offset "
+                                         f"{pos + int(nonzero[0])}); shrinking would lose "
+                                         f"it", self.path)
+
+    # -- releasing grains (compact, discard) ------------------------------------------------
+
+    def check_compactable(self) -> None:
+        self._compactable(writable=False)
+
+    def _compactable(self, writable: bool = True) -> list[SparseExtent]:
+        """The sparse extents, refusing images whose extents cannot be compacted."""
+        if self._flags & ImageFlags.VMDK_STREAM_OPTIMIZED:
+            raise NotSupported("streamOptimized VMDK images cannot be compacted in place: "
+                               "their grains are compressed records written once, front to "
+                               "back.  Convert the image to a new streamOptimized one "
+                               "instead (that stores no all-zero grains)", self.path)
+        if writable:
+            self.check_writable()
+        sparse = []
+        for extent in self.extents:
+            if isinstance(extent, SparseExtent):
+                extent.check_compactable(writable)
+                sparse.append(extent)
+            elif not isinstance(extent, ZeroExtent):
+                raise NotSupported(f"{extent.kind} extents (preallocated files) cannot be "
+                                   f"compacted; only sparse VMDKs can", self.path)
+        return sparse
+
+    @property
+    def can_mark_zero(self) -> bool:
+        """Zero grains need version 2+ headers with the zeroed-grain flag in every
+        sparse extent (qemu ``zeroed_grain=on``, creation option ZeroedGrain=1)."""
+        sparse = [e for e in self.extents if isinstance(e, SparseExtent)]
+        return bool(sparse) and all(isinstance(e, (SparseExtent, ZeroExtent))
+                                    for e in self.extents) and \
+            all(e.zero_grains and not e.compressed and e.kind == "SPARSE" for e in sparse)
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Release whole grains.  The CID stays: compaction changes no content, and a
+        child's parentCID must keep matching."""
+        self._compactable()
+        if zero and not self.can_mark_zero:
+            raise NotSupported("this VMDK cannot mark grains as zero (its sparse extents "
+                               "need version 2 headers with zeroed-grain entries)", self.path)
+        for extent, rel, n, _ in self._pieces(offset, min(length, self._size - offset)):
+            if isinstance(extent, SparseExtent):
+                extent.unmap(rel, n, zero)
+
+    def pack(self, progress: Progress | None = None) -> None:
+        for extent in self._compactable():
+            extent.pack(progress)
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list:
+        """``VDRepair`` for VMDK (see :mod:`.check`)."""
+        from .check import check
+        return check(io, path, repair, progress)
 
     def _grow_extent(self, extent: Extent, sectors: int, progress: Progress | None) -> None:
         if isinstance(extent, SparseExtent) and not isinstance(extent, StreamWriter):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -29,9 +29,11 @@ from ...blockmap import (DATA, FREE, LOOKAHEAD, ZERO, BlockMap, FlatTable, Table
 from ...errors import Corrupted, InvalidState, NotSupported, ReadOnly
 from ...io import Storage
 from ...layout import Layout
+from ...progress import Progress, report
 from ...sizes import align_down, align_up
 from ...types import SECTOR, Status
 from .extents import INVALID_STATE, Extent
+from .packing import Movable, plan_pack, read_tables
 
 MAGIC = b"KDMV"
 COWD_MAGIC = b"COWD"
@@ -51,6 +53,11 @@ NEWLINE_CHARS = b"\n \r\n"
 #: zlib level for new compressed grains: level 3 deflates typical disk data about
 #: twice as fast as the default 6 for a few percent more output.
 COMPRESSION_LEVEL = 3
+
+#: Changed grain tables held before writing them (well below the cache's 256).
+PENDING_TABLES = 64
+#: Grain tables read at a time when walking them all (8 MiB of 512-entry tables).
+TABLE_BATCH = 4096
 
 #: Grain table entry of a grain of zeros (with FLAG_ZERO_GRAINS).
 GTE_ZERO = 1
@@ -596,6 +603,11 @@ class SparseExtent(Extent):
         while i < len(values):
             index, low = divmod(pos, self.gtes)
             n = min(self.gtes - low, len(values) - i)
+            if index not in pending and len(pending) >= PENDING_TABLES:
+                # Changed tables live in the table cache until written: write them
+                # before the cache could drop one (a write spanning many tables).
+                self._persist(pending)
+                pending.clear()
             table = self._table_for_update(index)
             table[low:low + n] = values[i:i + n]
             span = pending.setdefault(index, [low, low + n])
@@ -655,6 +667,232 @@ class SparseExtent(Extent):
         self.sectors = sectors
         self.map.size = self.size
 
+    # -- releasing grains, packing, shrinking ------------------------------------------
+
+    def check_compactable(self, writable: bool = True) -> None:
+        """Refuse (NotSupported) an extent whose grains cannot be released in place
+        (``writable``: and one that cannot be written now)."""
+        if self.compressed:
+            raise NotSupported("streamOptimized (compressed) VMDK images cannot be compacted "
+                               "in place: their grains are compressed records written once, "
+                               "front to back.  Convert the image to a new streamOptimized "
+                               "one instead (that stores no all-zero grains)", self.path)
+        if self.kind == "VMFSSPARSE":
+            raise NotSupported("ESX vmfsSparse (COWD) extents cannot be compacted", self.path)
+        if writable:
+            self.check_writable()
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Release the whole grains of the range: their entries become 0 (free) or,
+        with ``zero``, 1 (a grain of zeros), in the grain table and then its mirror.
+        The grains stay in the file until :meth:`pack`."""
+        self.check_compactable()
+        if zero and not self.zero_grains:
+            raise NotSupported("this sparse extent cannot mark grains as zero (it needs a "
+                               "version 2 header with the zeroed-grain flag)", self.path)
+        gb = self.grain_bytes
+        self._set_range(offset // gb, -(-min(offset + length, self.size) // gb),
+                        GTE_ZERO if zero else 0)
+
+    def _set_range(self, first: int, end: int, value: int) -> None:
+        """Set the entries of grains ``first .. end-1`` to ``value`` (0 or GTE_ZERO),
+        allocating a table only where a zero marker needs one."""
+        grain = first
+        while grain < end:
+            index, low = divmod(grain, self.gtes)
+            high = min(self.gtes, low + end - grain)
+            table = self._gt_entries(index)
+            if table is None and value:
+                table = self._table_for_update(index)
+            if table is not None and np.any(table[low:high] != value):
+                table[low:high] = value
+                self._persist({index: [low, high]})
+            grain += high - low
+
+    def _layout(self) -> tuple[list[Movable], np.ndarray, list[int]]:
+        """What packing may move (grains, then tables and directories after the
+        metadata area); the ``(start, length)`` sector ranges that stay (rows); and the
+        indices of redundant tables that differ from their grain table.  Tables are
+        read a batch at a time (memory stays bounded whatever the extent's size)."""
+        h = self.header
+        grains, owners, stale = [], [], []
+        indices = np.flatnonzero(self.gd.entries)
+        for first in range(0, len(indices), TABLE_BATCH):
+            part = indices[first:first + TABLE_BATCH]
+            tables = read_tables(self.storage, self.gd.entries[part], self.gtes,
+                                 "VMDK grain table")
+            flat = tables.reshape(-1).astype(np.int64)
+            used = np.flatnonzero(flat >= (2 if self.zero_grains else 1))
+            grains.append(flat[used])
+            owners.append(part[used // self.gtes].astype(np.int64) * self.gtes
+                          + used % self.gtes)
+            if self.rgd is not None:
+                mirrored = np.flatnonzero(self.rgd.entries[part])
+                mirrors = read_tables(self.storage, self.rgd.entries[part[mirrored]],
+                                      self.gtes, "VMDK redundant grain table")
+                differ = (mirrors != tables[mirrored]).any(axis=1)
+                stale += part[mirrored[differ]].tolist()
+        count = len(self.gd.entries)
+        dir_sectors = -(-count * 4 // SECTOR)
+        fixed = [(0, 1)]
+        if h.desc_offset and h.desc_size:
+            fixed.append((h.desc_offset, h.desc_size))
+        early_tables, table_starts, table_owners, dir_starts, dir_owners = [], [], [], [], []
+        for k, directory in enumerate(self._directories()):
+            sector = directory.offset // SECTOR
+            if sector >= h.overhead:
+                dir_starts.append(sector)
+                dir_owners.append(k)
+            else:
+                fixed.append((sector, dir_sectors))
+            where = np.flatnonzero(directory.entries)
+            at = directory.entries[where].astype(np.int64)
+            late = at >= h.overhead
+            early_tables.append(at[~late])
+            table_starts.append(at[late])
+            table_owners.append(k * count + where[late])
+        early = np.concatenate(early_tables)
+        fixed = np.concatenate([np.array(fixed, dtype=np.int64),
+                                np.stack([early, np.full(len(early), self.gt_sectors)], axis=1)])
+        none = [np.zeros(0, dtype=np.int64)]
+        kinds = [Movable(np.concatenate(grains or none), np.concatenate(owners or none),
+                         self.grain_sectors),
+                 Movable(np.concatenate(table_starts), np.concatenate(table_owners),
+                         self.gt_sectors),
+                 Movable(np.array(dir_starts, dtype=np.int64), np.array(dir_owners),
+                         dir_sectors)]
+        return kinds, fixed, stale
+
+    def _directories(self) -> list[FlatTable]:
+        return [self.gd] + ([self.rgd] if self.rgd is not None else [])
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move the last grains (then tables and directories lying after them) into
+        the holes, and cut the file after what is left.
+
+        Each batch is copied first and then pointed at (grain tables and their
+        mirrors, directories, or the header) in one transaction, so an interruption
+        leaves everything readable (a copy not yet used is merely leaked).
+        """
+        self.check_compactable()
+        gb = self.grain_bytes
+        kinds, fixed, stale = self._layout()
+        grains = kinds[0].starts
+        size = self.storage.size()
+        if len(grains) and (int(grains.min()) < self.header.overhead
+                            or int(grains.max()) * SECTOR >= size):
+            raise Corrupted("a grain table entry points into the metadata or past the end of "
+                            "the file; repair the image first (vdimg repair)", self.path,
+                            status=_INVALID)
+        try:
+            plan = plan_pack(kinds, fixed, self.header.overhead)
+        except ValueError:
+            raise Corrupted("grains or grain tables of the sparse extent overlap; repair the "
+                            "image first (vdimg repair)", self.path, status=_INVALID) from None
+        self._sync_mirrors(stale)
+        moves = plan.moves[0]
+        batch = max(1, (64 << 20) // gb)
+        for done in range(0, len(moves), batch):
+            report(progress, done, len(moves), "moving grains")
+            part = moves[done:done + batch]
+            for source, target, count in _runs(part, self.grain_sectors):
+                data = self.storage.read_at(source * SECTOR, count * gb)
+                self.storage.write_at(target * SECTOR, data + zeros(count * gb - len(data)))
+            self.storage.flush()
+            with self.storage.transaction():
+                self._repoint(part)
+        self._move_tables(plan.moves[1], len(self.gd.entries))
+        self._move_directories(plan.moves[2])
+        end = plan.end * SECTOR
+        if size > end:
+            with self.storage.transaction():
+                self.storage.set_size(end)
+        self.append = align_up(max(min(size, end), self.data_start), gb)
+        report(progress, len(moves), len(moves), "moving grains")
+
+    def _move_tables(self, moves: list[tuple[int, int, int]], count: int) -> None:
+        """Copy grain tables lower, then point their directory entries at the copies."""
+        if not moves:
+            return
+        size = self.gt_sectors * SECTOR
+        for source, target, _owner in moves:
+            self.storage.write_at(target * SECTOR, self.storage.read_exact(
+                source * SECTOR, size, "VMDK grain table"))
+        self.storage.flush()
+        caches = (self.gts, self.rgts)
+        with self.storage.transaction():
+            for source, target, owner in moves:
+                k, index = divmod(owner, count)
+                directory = self._directories()[k]
+                directory.entries[index] = target
+                directory.persist(index, 1)
+                caches[k].forget(source * SECTOR)
+
+    def _move_directories(self, moves: list[tuple[int, int, int]]) -> None:
+        """Copy a directory lower, then point the header at the copy."""
+        for source, target, k in moves:
+            directory = self._directories()[k]
+            raw = directory.entries.tobytes()
+            self.storage.write_at(target * SECTOR, raw + zeros(-len(raw) % SECTOR))
+            self.storage.flush()
+            header = replace(self.header, **{("gd_offset", "rgd_offset")[k]: target})
+            with self.storage.transaction():
+                self.storage.write_at(0, header.pack())
+            self.header = header
+            directory.offset = target * SECTOR
+
+    def _sync_mirrors(self, stale: list[int]) -> None:
+        """Make the redundant grain tables ``stale`` equal to their grain tables (an
+        interrupted update may have left a mirror behind; it must not point into a
+        hole that packing is about to fill)."""
+        for first in range(0, len(stale), TABLE_BATCH):
+            part = np.array(stale[first:first + TABLE_BATCH])
+            tables = read_tables(self.storage, self.gd.entries[part], self.gtes,
+                                 "VMDK grain table")
+            with self.storage.transaction():
+                for k, index in enumerate(part.tolist()):
+                    offset = int(self.rgd.entries[index]) * SECTOR
+                    self.storage.write_at(offset, tables[k].tobytes())
+                    self.rgts.forget(offset)
+
+    def _repoint(self, moves: list[tuple[int, int, int]]) -> None:
+        """Point the owners of moved grains (both tables) at the grains' new places."""
+        by_table: dict[int, list[tuple[int, int]]] = {}
+        for _source, target, owner in moves:
+            index, low = divmod(owner, self.gtes)
+            by_table.setdefault(index, []).append((low, target))
+        for index, items in sorted(by_table.items()):
+            lows = [low for low, _ in items]
+            first, stop = min(lows), max(lows) + 1
+            offset = int(self.gd.entries[index]) * SECTOR
+            table = self.gts.get(offset)
+            table[lows] = [target for _, target in items]
+            self.gts.persist(offset, first, stop - first)
+            if self.rgd is not None and int(self.rgd.entries[index]):
+                mirror_offset = int(self.rgd.entries[index]) * SECTOR
+                mirror = self.rgts.get(mirror_offset)
+                mirror[first:stop] = table[first:stop]
+                self.rgts.persist(mirror_offset, first, stop - first)
+
+    def shrink(self, sectors: int) -> None:
+        """Lower the capacity to ``sectors`` (the caller made sure no grain beyond is
+        allocated).  Zero markers beyond are cleared, so that a later growth reads
+        free grains there; header and tables change in one transaction."""
+        self.check_compactable()
+        gs = self.grain_sectors
+        grains = -(-sectors // gs)
+        count = -(-grains // self.gtes)
+        header = replace(self.header, capacity=sectors)
+        with self.storage.transaction():
+            self._set_range(grains, count * self.gtes, 0)
+            self.storage.write_at(0, header.pack())
+        self.gd.entries = self.gd.entries[:count].copy()
+        if self.rgd is not None:
+            self.rgd.entries = self.rgd.entries[:count].copy()
+        self.header = header
+        self.sectors = sectors
+        self.map.size = self.size
+
     # -- description --------------------------------------------------------------------
 
     def describe(self) -> list[tuple[str, str]]:
@@ -675,3 +913,16 @@ class SparseExtent(Extent):
         if self.read_only_reason:
             out.append(("read-only", self.read_only_reason))
         return out
+
+
+def _runs(moves: list[tuple[int, int, int]], grain: int) -> list[tuple[int, int, int]]:
+    """``(source, target, grains)``: moves whose sources and targets both follow each
+    other, copied with one read and one write."""
+    runs: list[list[int]] = []
+    for source, target, _owner in moves:
+        if runs and runs[-1][0] + runs[-1][2] * grain == source \
+                and runs[-1][1] + runs[-1][2] * grain == target and runs[-1][2] < 256:
+            runs[-1][2] += 1
+        else:
+            runs.append([source, target, 1])
+    return [tuple(run) for run in runs]
