@@ -276,3 +276,27 @@ def test_dump_describes_every_image(base, tmp_path):
         text = disk.dump()
     assert text.count("Dumping VD image") == 2
     assert "block map offset: 0x100000" in text
+
+
+def test_ignore_flush_skips_the_sync_but_not_the_metadata(base, monkeypatch):
+    syncs = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd))
+    with open_chain(base, OpenFlags.IGNORE_FLUSH) as disk:
+        assert disk.open_flags(0) & OpenFlags.IGNORE_FLUSH
+        disk.write(7 * MiB, b"fast")
+        disk.flush()
+        assert syncs == []
+        disk.set_open_flags(0, OpenFlags.NORMAL)
+        disk.write(7 * MiB, b"safe")
+        disk.flush()
+        assert syncs
+    with open_chain(base, OpenFlags.READONLY) as disk:
+        assert disk.read(7 * MiB, 4) == b"safe"
+
+
+def test_sequential_advises_the_kernel(base, monkeypatch):
+    advice = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advice.append(how))
+    with open_chain(base, OpenFlags.SEQUENTIAL | OpenFlags.READONLY) as disk:
+        disk.read(0, MiB)
+    assert os.POSIX_FADV_SEQUENTIAL in advice

@@ -242,12 +242,23 @@ class Disk:
                 f"{parent_uuid}, but the image below it ({below.path}) has UUID {below_uuid}",
                 image.path)
 
+    @staticmethod
+    def _apply_storage_flags(slot: _Slot) -> None:
+        """IGNORE_FLUSH and SEQUENTIAL act on the image's files."""
+        ignore = bool(slot.generic_flags & OpenFlags.IGNORE_FLUSH)
+        sequential = bool(slot.image.open_flags & OpenFlags.SEQUENTIAL)
+        for storage in slot.image.storages():
+            storage.ignore_flush = ignore
+            if sequential:
+                storage.advise_sequential()
+
     def _append(self, slot: _Slot) -> None:
         if self._slots:
             previous = self._slots[-1]
             if not previous.image.read_only:
                 previous.image.set_open_flags(previous.image.open_flags | OpenFlags.READONLY)
         self._slots.append(slot)
+        self._apply_storage_flags(slot)
         self._refresh_cache()
         self._first_write_pending = not slot.image.read_only
         self._modified = False
@@ -844,6 +855,7 @@ class Disk:
             slot.generic_flags = flags & CONTAINER_OPEN_FLAGS
             if slot.flags & ImageFlags.FIXED:
                 slot.generic_flags |= OpenFlags.HONOR_SAME
+            self._apply_storage_flags(slot)
             slot.read_only_reason = ""
             if index == len(self._slots) - 1 and was_read_only and not slot.image.read_only:
                 self._first_write_pending = True

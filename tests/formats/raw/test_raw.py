@@ -126,3 +126,15 @@ def test_resize_grows_sparsely_and_shrinks_only_zeros(tmp_path):
         resize(disk, 2 * MiB)
         assert disk.size == 2 * MiB
     assert os.path.getsize(path) == 2 * MiB
+
+
+def test_check_and_repair_of_a_ragged_raw_file(tmp_path):
+    from vdgui.engine import RepairFlags
+    from vdgui.engine.ops.repair import repair
+    path = tmp_path / "ragged.raw"
+    path.write_bytes(b"\x01" * 1000)
+    report = repair(path, "RAW", RepairFlags.DRY_RUN)
+    assert [p.severity for p in report.problems] == ["warning"]
+    assert path.stat().st_size == 1000
+    assert repair(path, "RAW").clean
+    assert path.read_bytes() == b"\x01" * 1000 + bytes(24)

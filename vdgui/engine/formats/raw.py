@@ -19,6 +19,7 @@ import os
 from ..blockmap import fill_zero, is_zero
 from ..errors import (InvalidHeader, InvalidParameter, InvalidType, NotSupported,
                       ShrinkNotSupported)
+from ..findings import WARNING, Finding
 from ..io import StorageProvider
 from ..progress import Progress, report
 from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType,
@@ -165,6 +166,22 @@ class RawImage(SingleFileImage):
 
     def write_blocks(self, offset: int, data: memoryview) -> None:
         self.write(offset, data)
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list[Finding]:
+        """A raw image has no metadata to damage; only its length can be wrong."""
+        findings = []
+        with io.open(path, writable=repair) as storage:
+            size = storage.size()
+            if size % SECTOR:
+                whole = -(-size // SECTOR) * SECTOR
+                findings.append(Finding(WARNING, f"the file is {size} bytes long, not a whole "
+                                                 f"number of 512-byte sectors", size,
+                                        f"extend it with zeros to {whole} bytes"))
+                if repair:
+                    storage.set_size(whole)
+        return findings
 
     def resize(self, size: int, progress: Progress | None = None) -> None:
         """Grow by extending the file (sparsely); shrink when the cut part is zeros."""

@@ -29,6 +29,12 @@ class Storage(abc.ABC):
     _txn: list[journal.Record] | None = None
     #: A complete journal found by a read-only open: shown, never applied.
     _pending: list[journal.Record] | None = None
+    #: ``VD_OPEN_FLAGS_IGNORE_FLUSH``: flushes become no-ops (fast, and unsafe on a
+    #: host crash).  Journal commits still flush: they must stay crash-safe.
+    ignore_flush: bool = False
+
+    def advise_sequential(self) -> None:
+        """Hint: the file will be read or written front to back."""
 
     # -- raw operations, provided by subclasses ------------------------------------
 
@@ -189,7 +195,7 @@ class Storage(abc.ABC):
             self.provider.delete(jpath)  # a stale, incomplete one
         with self.provider.open(jpath, create=True) as log_file:
             log_file.write_at(0, raw)
-            log_file.flush()
+            log_file.flush()  # a fresh storage: never ignores flushes
         self._apply(records)
         self.provider.delete(jpath)
 
@@ -199,7 +205,15 @@ class Storage(abc.ABC):
                 self._write(record.offset, memoryview(record.data))
             else:
                 self._set_size(record.offset)
-        self.flush()
+        self._durable()
+
+    def _durable(self) -> None:
+        """Flush even under IGNORE_FLUSH: a journal's order must hold on disk."""
+        ignore, self.ignore_flush = self.ignore_flush, False
+        try:
+            self.flush()
+        finally:
+            self.ignore_flush = ignore
 
     def recover(self) -> None:
         """Finish (or show) a transaction a crash interrupted.

@@ -61,7 +61,11 @@ class _FaultyStorage(Storage):
         self._inner._set_size(size)
 
     def flush(self) -> None:
-        self._inner.flush()
+        if not self.ignore_flush:
+            self._inner.flush()
+
+    def advise_sequential(self) -> None:
+        self._inner.advise_sequential()
 
     def allocated_size(self) -> int:
         return self._inner.allocated_size()
