@@ -1,5 +1,5 @@
 """QCOW2 (QEMU copy-on-write, versions 2 and 3): header, L1/L2 tables, refcounts,
-snapshots and the backend built on them."""
+snapshots, the backend built on them, compaction and check/repair."""
 
 from .image import Qcow2Image
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ...errors import Corrupted, InvalidHeader, InvalidParameter, NotSupported
+from ...io import Storage
 from ...layout import Layout, c_string
 
 MAGIC = b"QFI\xfb"
@@ -38,6 +39,10 @@ COMPRESSION_TYPE_OFFSET = 104
 INCOMPATIBLE_OFFSET = V2_HEADER_LENGTH
 AUTOCLEAR_OFFSET = V2_HEADER_LENGTH + HEADER_V3.offset_of("autoclear_features")
 REFCOUNT_TABLE_OFFSET = HEADER_V2.offset_of("refcount_table_offset")
+#: The disk size, crypt method, L1 size and L1 offset follow each other (bytes 24-47):
+#: a resize rewrites them in one write, inside one sector.
+SIZE_OFFSET = HEADER_V2.offset_of("size")
+SIZE_AND_L1 = struct.Struct(">QIIQ")
 
 MIN_CLUSTER_BITS = 9
 MAX_CLUSTER_BITS = 21
@@ -229,6 +234,21 @@ def parse_prefix(raw: bytes, path: str) -> int:
     return version
 
 
+def read_header(storage: Storage, path: str) -> Header:
+    """Read and validate the header and extensions of the image in ``storage``."""
+    first = storage.read_at(0, V3_HEADER_LENGTH)
+    parse_prefix(first, path)
+    bits = struct.unpack_from(">I", first, 20)[0] if len(first) >= 24 else 0
+    raw = storage.read_at(0, 1 << bits) if MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS \
+        else first
+    header = parse_header(raw, storage.size(), path)
+    if header.incompatible_features & INCOMPAT_DATA_FILE:
+        raise NotSupported(f"the image keeps its data in an external data file "
+                           f"({header.data_file or 'name not stored'!r}), which is not "
+                           f"supported", path)
+    return header
+
+
 def parse_header(raw: bytes, file_size: int, path: str) -> Header:
     """Decode and validate cluster 0 (``raw`` is at least the header, at most a cluster)."""
     version = parse_prefix(raw, path)
@@ -394,8 +414,50 @@ def build_header(*, version: int, cluster_bits: int, size: int, l1_size: int,
     return raw + tail + name
 
 
+def backing_cluster(raw: bytes, h: Header, backing_file: str | None,
+                    backing_format: str | None, path: str) -> bytes:
+    """Cluster 0 rewritten to name another backing file (or none), whole.
+
+    The header bytes are kept as they are but for the backing name's offset and
+    length; the extensions are kept byte for byte (a backing format extension is
+    replaced or dropped).  When the new name does not fit, the optional feature
+    name table goes first; if it still does not fit, InvalidParameter.
+    """
+    cs = h.cluster_size
+    name = backing_file.encode("utf-8", "surrogateescape") if backing_file else b""
+    if len(name) > MAX_BACKING_NAME:
+        raise InvalidParameter(f"the backing file name is {len(name)} bytes long; QCOW2 "
+                               f"stores at most {MAX_BACKING_NAME}", path)
+    kept = [e for e in h.extensions if e.type != EXT_BACKING_FORMAT]
+    if name and backing_format:
+        kept.insert(0, Extension(EXT_BACKING_FORMAT, backing_format.encode(), 0))
+    end = EXT_HEADER.pack(EXT_END, 0)
+
+    def tail(extensions: list[Extension]) -> bytes:
+        return b"".join(_extension(e.type, e.data) for e in extensions) + end
+
+    exts = tail(kept)
+    if h.header_length + len(exts) + len(name) > cs:
+        exts = tail([e for e in kept if e.type != EXT_FEATURE_NAMES])
+    room = cs - h.header_length - len(exts)
+    if len(name) > room:
+        raise InvalidParameter(f"the backing file name ({len(name)} bytes) does not fit in "
+                               f"the image's first cluster ({room} bytes are free there); "
+                               f"use a shorter path (or relative names)", path)
+    head = bytearray(raw[:h.header_length])
+    struct.pack_into(">QI", head, HEADER_V2.offset_of("backing_file_offset"),
+                     h.header_length + len(exts) if name else 0, len(name))
+    cluster = bytes(head) + exts + name
+    return cluster + bytes(cs - len(cluster))
+
+
 def pack_u64(value: int) -> bytes:
     return struct.pack(">Q", value)
+
+
+def pack_size_and_l1(h: Header) -> bytes:
+    """Bytes for header offset 24: disk size, crypt method, L1 size and offset."""
+    return SIZE_AND_L1.pack(h.size, h.crypt_method, h.l1_size, h.l1_table_offset)
 
 
 def pack_refcount_table_location(offset: int, clusters: int) -> bytes:

@@ -11,37 +11,46 @@ their old references released.
 What we refuse: encryption, external data files, writing images with extended L2
 entries, unknown incompatible features or the corrupt bit (those open read-only),
 writing images whose persistent bitmaps are valid (writing would invalidate them).
-A dirty image (lazy refcounts after a crash) reads as it is and gets its refcounts
-rebuilt when opened for writing.
+A dirty image (lazy refcounts after a crash) reads as it is and is repaired (its
+references recounted, see :mod:`.check`) when opened for writing.
+
+The operations' hooks: :meth:`Qcow2Image.unmap` makes clusters unallocated or zero
+clusters (version 3), :meth:`~Qcow2Image.pack` compacts the file (:mod:`.pack`),
+:meth:`~Qcow2Image.resize` grows (moving the L1 table when it must outgrow its
+clusters) or shrinks, :meth:`~Qcow2Image.set_parent` rewrites the backing file name
+and format, :meth:`~Qcow2Image.check` finds and repairs damage (:mod:`.check`).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ...blockmap import DATA, LOOKAHEAD, ZERO, BlockMap, is_zero, run_length, unit_runs
-from ...errors import Corrupted, InvalidParameter, InvalidSize, InvalidState, InvalidType, \
-    NotSupported
-from ...io import Storage, StorageProvider
+from ...blockmap import (DATA, LOOKAHEAD, ZERO, BlockMap, FlatTable, is_zero, run_length,
+                         unit_runs)
+from ...errors import (Corrupted, InvalidParameter, InvalidSize, InvalidState, InvalidType,
+                       NotSupported, ShrinkNotSupported)
+from ...findings import Finding
+from ...io import StorageProvider
+from ...progress import Progress
 from ...sizes import align_up
 from ...types import (Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, DiskType,
                       ImageFlags, OpenFlags, Status)
-from ..base import (BackendInfo, CreateRequest, SingleFileImage, config_int,
+from ..base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
                     relative_parent_path, validate_config)
 from . import compression
+from .check import Scan, check, repair_scanned
 from .header import (AUTOCLEAR_BITMAPS, AUTOCLEAR_OFFSET, COMPAT_LAZY_REFCOUNTS,
                      COMPRESSION_DEFLATE, COMPRESSION_NAMES, COMPRESSION_ZSTD,
                      FEATURE_AUTOCLEAR, FEATURE_COMPATIBLE, FEATURE_INCOMPATIBLE,
-                     INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
-                     INCOMPATIBLE_OFFSET, KNOWN_INCOMPATIBLE, MAX_CLUSTER_BITS, MAX_L1_BYTES,
-                     MIN_CLUSTER_BITS, REFCOUNT_TABLE_OFFSET, V3_HEADER_LENGTH, Header,
-                     build_header, pack_refcount_table_location, pack_u64, parse_header,
-                     parse_prefix)
+                     INCOMPAT_CORRUPT, INCOMPAT_DIRTY, KNOWN_INCOMPATIBLE, MAX_CLUSTER_BITS,
+                     MAX_L1_BYTES, REFCOUNT_TABLE_OFFSET, SIZE_OFFSET, Header, backing_cluster,
+                     build_header, pack_refcount_table_location, pack_size_and_l1, pack_u64,
+                     parse_header, parse_prefix, read_header)
 from .l1l2 import (COMPRESSED_KIND, COPIED, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_FLAG,
                    ZERO_PLAIN, ClusterMap, Intervals)
+from .pack import pack_image
 from .refcount import Refcounts, encode_block
 from .snapshots import Snapshot, read_snapshots
 
@@ -55,8 +64,8 @@ DEFAULT_REFCOUNT_BITS = 16
 _DECOMPRESSED_CACHE = 8
 #: Most bytes of clusters copied to new storage at once.
 COPY_BATCH = 16 << 20
-#: Most clusters whose references a dirty image's repair counts in memory (4 bytes each).
-MAX_REBUILD_CLUSTERS = 1 << 28
+#: An L2 entry without its COPIED flag.
+_NOT_COPIED = np.uint64(COPIED - 1)
 
 
 def qemu_format_name(backend: str) -> str:
@@ -87,7 +96,7 @@ class Qcow2Image(SingleFileImage):
         name="QCOW2",
         description="QEMU Copy-On-Write image, version 2 (compat 0.10) and 3 (compat 1.1)",
         capabilities=(Capability.CREATE_DYNAMIC | Capability.DIFF | Capability.FILE
-                      | Capability.ASYNC | Capability.VFS),
+                      | Capability.ASYNC | Capability.VFS | Capability.DISCARD),
         extensions=(("qcow2", DiskType.HDD),),
         variants=("standard",),
         config_keys=(
@@ -102,6 +111,9 @@ class Qcow2Image(SingleFileImage):
                       ConfigKeyFlags.EXPERT | ConfigKeyFlags.CREATE_ONLY),
         ),
         image_flags_mask=ImageFlags.DIFF,
+        stores=frozenset({"parent_path"}),
+        # With the largest clusters (2 MiB): every L1 entry maps 2 MiB * 2 MiB / 8.
+        max_size=(MAX_L1_BYTES // 8) << (2 * MAX_CLUSTER_BITS - 3),
     )
 
     # -- probing and opening ---------------------------------------------------------
@@ -123,7 +135,7 @@ class Qcow2Image(SingleFileImage):
         if not flags & OpenFlags.READONLY:
             # Refuse before taking the write lock of an image we must not write.
             with io.open(path) as storage:
-                cls._check_header_for_writing(cls._read_header(storage, path), path)
+                cls._check_header_for_writing(read_header(storage, path), path)
         image = cls(io, path, flags)
         try:
             image._load()
@@ -134,23 +146,9 @@ class Qcow2Image(SingleFileImage):
             raise
         return image
 
-    @staticmethod
-    def _read_header(storage: Storage, path: str) -> Header:
-        first = storage.read_at(0, V3_HEADER_LENGTH)
-        parse_prefix(first, path)
-        bits = struct.unpack_from(">I", first, 20)[0] if len(first) >= 24 else 0
-        raw = storage.read_at(0, 1 << bits) if MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS \
-            else first
-        header = parse_header(raw, storage.size(), path)
-        if header.incompatible_features & INCOMPAT_DATA_FILE:
-            raise NotSupported(f"the image keeps its data in an external data file "
-                               f"({header.data_file or 'name not stored'!r}), which is not "
-                               f"supported", path)
-        return header
-
     def _load(self) -> None:
         storage, path = self.storage, self.path
-        self.header = h = self._read_header(storage, path)
+        self.header = h = read_header(storage, path)
         cs, cb = h.cluster_size, h.cluster_bits
         self.snapshots: list[Snapshot] = []
         snapshot_bytes = 0
@@ -207,7 +205,8 @@ class Qcow2Image(SingleFileImage):
         h = self.header
         self._check_header_for_writing(h, self.path)
         if h.incompatible_features & INCOMPAT_DIRTY:
-            self._rebuild_refcounts()
+            self._repair_dirty()
+            h = self.header
         self.refcounts = Refcounts(self.storage, h.cluster_bits, h.refcount_order,
                                    h.refcount_table_offset, h.refcount_table_clusters,
                                    self._table_moved, self._in_use)
@@ -217,6 +216,18 @@ class Qcow2Image(SingleFileImage):
             h.autoclear_features = 0
             self.storage.write_at(AUTOCLEAR_OFFSET, pack_u64(0))
             self.storage.flush()
+
+    def _repair_dirty(self) -> None:
+        """Recount the references of an image left dirty (lazy refcounts, then a
+        crash) and fix what the count shows, as qemu does when it opens one."""
+        scan = Scan(self.storage, self.path).run()
+        if scan.fixable:
+            repair_scanned(scan)
+        self._load()
+        if self.header.incompatible_features & INCOMPAT_DIRTY:
+            problem = next((f.what for f in scan.findings if not f.fix), "unknown damage")
+            raise Corrupted(f"the image is marked dirty and its refcounts cannot be rebuilt "
+                            f"({problem}); it can only be opened read-only", self.path)
 
     def _build_guard(self) -> None:
         """Metadata that allocation and in-place writes must never touch: the fixed
@@ -238,13 +249,17 @@ class Qcow2Image(SingleFileImage):
     def _in_use(self, first: int, count: int) -> str | None:
         return self._guard.overlap(first, count)
 
-    def _set_refcount_table_range(self, offset: int, clusters: int) -> None:
+    def _set_static_range(self, label: str, offset: int, clusters: int) -> None:
+        """A fixed structure (the L1 or refcount table) moved to ``offset``."""
         cb = self.header.cluster_bits
-        ranges = [r for r in self._static_metadata.labelled if r[2] != "refcount table"]
-        ranges.append((offset >> cb, (offset >> cb) + clusters, "refcount table"))
+        ranges = [r for r in self._static_metadata.labelled if r[2] != label]
+        ranges.append((offset >> cb, (offset >> cb) + clusters, label))
         self.map.static_metadata = self._static_metadata = Intervals(ranges)
         if self.refcounts is not None:
             self._build_guard()
+
+    def _set_refcount_table_range(self, offset: int, clusters: int) -> None:
+        self._set_static_range("refcount table", offset, clusters)
 
     def _table_moved(self, offset: int, clusters: int) -> None:
         """The refcount table moved: switch the header to it in one write."""
@@ -265,85 +280,6 @@ class Qcow2Image(SingleFileImage):
             except BaseException:
                 super().set_open_flags(flags | OpenFlags.READONLY)
                 raise
-
-    # -- rebuilding refcounts (dirty images) -------------------------------------------
-
-    def _rebuild_refcounts(self) -> None:
-        """Recount every reference and write fresh refcount structures at the end.
-
-        The new structures are written first, then the header is switched to them
-        in one write, COPIED flags are corrected and the dirty bit cleared last; a
-        crash anywhere leaves an image that is still dirty and gets rebuilt again.
-        """
-        h, storage, path = self.header, self.storage, self.path
-        cs, cb = h.cluster_size, h.cluster_bits
-        file_clusters = -(-storage.size() // cs)
-        if file_clusters > MAX_REBUILD_CLUSTERS:
-            raise NotSupported(f"the image is marked dirty and has {file_clusters} clusters, "
-                               f"too many to recount in memory; repair it with qemu-img "
-                               f"check -r all", path)
-        counts = np.zeros(file_clusters, dtype=np.uint32)
-
-        def add(clusters: np.ndarray, what: str) -> None:
-            clusters = np.asarray(clusters, dtype=np.int64)
-            if not clusters.size:
-                return
-            if clusters.min() < 0 or clusters.max() >= file_clusters:
-                raise Corrupted(f"{what} refers to clusters beyond the end of the file; the "
-                                f"refcounts cannot be rebuilt (qemu-img check -r all)", path)
-            np.add.at(counts, clusters, 1)
-
-        def span(offset: int, length: int) -> np.ndarray:
-            return np.arange(offset >> cb, -(-(offset + length) // cs), dtype=np.int64)
-
-        add(np.array([0]), "the header")
-        add(span(h.l1_table_offset, h.l1_size * 8), "the L1 table")
-        for refs in self.map.tree_references(self.map.l1.entries):
-            add(refs, "the active L1/L2 tables")
-        if self.snapshots:
-            _, table_bytes = read_snapshots(storage, h.snapshots_offset, h.nb_snapshots, cs,
-                                            path)
-            add(span(h.snapshots_offset, table_bytes), "the snapshot table")
-        for snap in self.snapshots:
-            add(span(snap.l1_table_offset, snap.l1_size * 8), f"snapshot {snap.id}")
-            raw = storage.read_exact(snap.l1_table_offset, snap.l1_size * 8,
-                                     f"the L1 table of snapshot {snap.id}")
-            for refs in self.map.tree_references(np.frombuffer(raw, dtype=">u8")):
-                add(refs, f"snapshot {snap.id}")
-        offset, clusters, counts = _write_refcount_structures(storage, counts, h)
-        storage.flush()
-        storage.write_at(REFCOUNT_TABLE_OFFSET, pack_refcount_table_location(offset, clusters))
-        h.refcount_table_offset, h.refcount_table_clusters = offset, clusters
-        self._fix_copied_flags(counts)
-        storage.flush()
-        h.incompatible_features &= ~INCOMPAT_DIRTY
-        storage.write_at(INCOMPATIBLE_OFFSET, pack_u64(h.incompatible_features))
-        storage.flush()
-        self._set_refcount_table_range(offset, clusters)
-
-    def _fix_copied_flags(self, counts: np.ndarray) -> None:
-        """Set COPIED exactly on active L1/L2 entries whose target has refcount 1."""
-        cb = self.header.cluster_bits
-        l1 = self.map.l1
-        for index in np.flatnonzero(l1.entries).tolist():
-            offset = self.map.l2_table_offset(index)
-            if not offset:
-                continue
-            table = self.map.l2.get(offset)
-            kinds, host = self.map.classify(table)
-            hosted = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
-            want = table & np.uint64(~COPIED & 0xFFFFFFFFFFFFFFFF)
-            single = np.zeros(len(table), dtype=bool)
-            single[hosted] = counts[host[hosted] >> cb] == 1
-            want[single] |= np.uint64(COPIED)
-            unhosted = ~hosted & (kinds != COMPRESSED_KIND)
-            want[unhosted] = table[unhosted]  # leave flags of empty entries as they are
-            if not np.array_equal(want, table):
-                table[:] = want
-                self.map.l2.persist(offset, 0, len(table))
-            entry = offset | (COPIED if counts[offset >> cb] == 1 else 0)
-            if int(l1.entries[index]) != entry:
-                self.map.set_l1(index, entry)
 
     # -- lookups for the block maps ----------------------------------------------------
 
@@ -668,6 +604,174 @@ class Qcow2Image(SingleFileImage):
         self._compress_tail = end
         return places
 
+    # -- releasing clusters, compaction, resizing ---------------------------------------
+
+    @property
+    def can_mark_zero(self) -> bool:
+        return self.header.version >= 3
+
+    def unmap(self, offset: int, length: int, zero: bool) -> None:
+        """Make the whole clusters in the range unallocated, or zero clusters.
+
+        Clusters already so are left alone (no L2 table is allocated to say that
+        nothing is there); the others' references are dropped as a write drops them.
+        """
+        self._refcounts()
+        if zero and not self.can_mark_zero:
+            raise NotSupported("version 2 (compat 0.10) images have no zero clusters",
+                               self.path)
+        cs, per = self.header.cluster_size, self.map.l2_entries
+        end = min(offset + length, self.size)
+        pos = -(-offset // cs)
+        stop = -(-end // cs) if end == self.size else end // cs
+        target = np.uint64(ZERO_FLAG if zero else 0)
+        while pos < stop:
+            index, slot = divmod(pos, per)
+            count = min(stop - pos, per - slot)
+            table = self.map.l2_table_offset(index)
+            if table:
+                entries = self.map.l2.get(table)[slot:slot + count]
+                needed = bool(np.any(entries & _NOT_COPIED != target))
+            else:
+                needed = bool(target)
+            if needed:
+                self._update(pos, count, lambda i, k: np.full(k, target, dtype=np.uint64))
+            pos += count
+
+    def pack(self, progress: Progress | None = None) -> None:
+        """Move clusters from the end of the file into free ones and cut the file
+        (see :mod:`.pack`)."""
+        self._refcounts()
+        pack_image(self, progress)
+
+    def resize(self, size: int, progress: Progress | None = None) -> None:
+        """Grow, moving the L1 table when it must outgrow its clusters; or shrink
+        when no data lies beyond the new end."""
+        self._refcounts()
+        h = self.header
+        needed = -(-size // (h.cluster_size * h.l2_entries))
+        if size <= 0 or needed * 8 > MAX_L1_BYTES:
+            largest = (MAX_L1_BYTES // 8) * h.cluster_size * h.l2_entries
+            raise InvalidSize(f"this QCOW2 image holds 1 byte to {largest} bytes (asked "
+                              f"for {size})", self.path)
+        if size < h.size:
+            self._shrink(size)
+        elif size > h.size:
+            self._grow(size, needed)
+        self._status_map.size = self._read_map.size = size
+
+    def _write_size_and_l1(self, size: int, l1_size: int, l1_offset: int) -> None:
+        """Switch disk size and L1 table in one write (one sector), then flush."""
+        h = self.header
+        h.size, h.l1_size, h.l1_table_offset = size, l1_size, l1_offset
+        self.storage.write_at(SIZE_OFFSET, pack_size_and_l1(h))
+        self.storage.flush()
+
+    def _grow(self, size: int, needed: int) -> None:
+        h, storage, cs = self.header, self.storage, self.header.cluster_size
+        old_clusters = -(-h.l1_size * 8 // cs)
+        if needed <= h.l1_size:
+            self._write_size_and_l1(size, h.l1_size, h.l1_table_offset)
+            return
+        if h.l1_size and needed * 8 <= old_clusters * cs:
+            # The table's last cluster has room: clear the new entries' bytes first.
+            storage.write_at(h.l1_table_offset + h.l1_size * 8, bytes((needed - h.l1_size) * 8))
+            storage.flush()
+            self._write_size_and_l1(size, needed, h.l1_table_offset)
+            entries = np.zeros(needed, dtype=">u8")
+            entries[:len(self.map.l1)] = self.map.l1.entries
+            self.map.l1.entries = entries
+            self._set_static_range("L1 table", h.l1_table_offset, -(-needed * 8 // cs))
+            return
+        # A new, larger table (counted first), then the header switch, then the old
+        # table freed: a crash in between leaks one of the two, never loses one.
+        refcounts = self._refcounts()
+        clusters = -(-needed * 8 // cs)
+        first = refcounts.reserve(clusters)
+        table = np.zeros(clusters * cs // 8, dtype=">u8")
+        table[:h.l1_size] = self.map.l1.entries
+        storage.write_at(first * cs, table.tobytes())
+        refcounts.increment(first, clusters)
+        storage.flush()
+        old_first = h.l1_table_offset // cs
+        self._write_size_and_l1(size, needed, first * cs)
+        if old_clusters:
+            refcounts.adjust(np.arange(old_first, old_first + old_clusters, dtype=np.int64), -1)
+        self.map.l1 = FlatTable(storage, first * cs, needed, ">u8", "QCOW2 L1 table")
+        self._set_static_range("L1 table", first * cs, clusters)
+
+    def _shrink(self, size: int) -> None:
+        """Refuse when data lies beyond ``size``; else switch the size first (what
+        lies beyond then no longer shows), then drop the zero clusters and L2
+        tables beyond it."""
+        h, cs, per = self.header, self.header.cluster_size, self.map.l2_entries
+        keep = -(-size // cs)
+        end = -(-h.size // cs)
+        for index in range(keep // per, -(-end // per)):
+            table = self.map.l2_table_offset(index)
+            if not table:
+                continue
+            skip = max(0, keep - index * per)
+            kinds, _ = self.map.classify(self.map.l2.get(table)[skip:])
+            stored = np.flatnonzero((kinds == NORMAL) | (kinds == COMPRESSED_KIND))
+            if stored.size:
+                at = (index * per + skip + int(stored[0])) * cs
+                raise ShrinkNotSupported(f"data is stored beyond the new end (from offset "
+                                         f"{at}); shrinking would lose it", self.path)
+        if size % cs:
+            tail = bytearray(min(keep * cs, h.size) - size)
+            status, _ = self.block_status(size, len(tail))
+            if status is Status.DATA:
+                self.read_into(size, memoryview(tail))
+                if any(tail):
+                    raise ShrinkNotSupported(f"the last cluster holds data after offset "
+                                             f"{size}; shrinking would lose it", self.path)
+        self._write_size_and_l1(size, h.l1_size, h.l1_table_offset)
+        refcounts = self._refcounts()
+        for index in range(-(-keep // per), h.l1_size):
+            table = self.map.l2_table_offset(index)
+            if not table:
+                continue
+            entries = self.map.l2.get(table).copy()
+            self.map.set_l1(index, 0)
+            self.storage.flush()
+            # One path to the table (and to everything under it) is gone.
+            refcounts.adjust(np.array([table >> h.cluster_bits]), -1)
+            self._release(entries)
+            self.map.l2.forget(table)
+        if keep % per:
+            rest = per - keep % per
+            table = self.map.l2_table_offset(keep // per)
+            if table and self.map.l2.get(table)[keep % per:].any():
+                self._update(keep, rest, lambda i, k: np.zeros(k, dtype=np.uint64))
+
+    def check_parent(self, link: ParentLink | None) -> None:
+        self._backing_cluster(link)
+
+    def set_parent(self, link: ParentLink | None) -> None:
+        """Record a new backing file and format (merge, rebase), or none.
+
+        Both live in the first cluster after the header and its extensions; the
+        cluster is rewritten whole, in one transaction.
+        """
+        self.check_writable()
+        cluster = self._backing_cluster(link)
+        with self.transaction():
+            self.storage.write_at(0, cluster)
+        self.header = parse_header(cluster, self.storage.size(), self.path)
+
+    def _backing_cluster(self, link: ParentLink | None) -> bytes:
+        raw = self.storage.read_exact(0, self.header.cluster_size, "the QCOW2 header")
+        name = relative_parent_path(self.path, link.path) if link else None
+        backing_format = qemu_format_name(link.format) if link else None
+        return backing_cluster(raw, self.header, name, backing_format, self.path)
+
+    @classmethod
+    def check(cls, io: StorageProvider, path: str, repair: bool,
+              progress: Progress | None = None) -> list[Finding]:
+        """``VDRepair`` for QCOW2 (see :mod:`.check`)."""
+        return check(io, path, repair, progress)
+
     # -- metadata ----------------------------------------------------------------------
 
     @property
@@ -831,37 +935,3 @@ class _CreateOptions:
         if ctype and version == 2:
             raise InvalidParameter("compression_type=zstd needs compat=1.1", path)
         return cls(version, cluster_size.bit_length() - 1, bits.bit_length() - 1, lazy, ctype)
-
-
-def _write_refcount_structures(storage, counts: np.ndarray, h: Header
-                               ) -> tuple[int, int, np.ndarray]:
-    """Write refcount blocks and a table for ``counts`` after the end of the file.
-
-    Returns the table's offset, its size in clusters and the counts including the
-    new structures themselves.
-    """
-    cs, order = h.cluster_size, h.refcount_order
-    per_block = cs * 8 >> order
-    if counts.size and counts.max() > (1 << (1 << order)) - 1:
-        cluster = int(np.argmax(counts))
-        raise Corrupted(f"cluster {cluster} is referenced {int(counts[cluster])} times, more "
-                        f"than {1 << order}-bit refcounts can count", storage.path)
-    first = len(counts)
-    blocks = table_clusters = 1
-    while True:
-        total = first + blocks + table_clusters
-        need_blocks = -(-total // per_block)
-        need_table = -(-need_blocks * 8 // cs)
-        if (need_blocks, need_table) == (blocks, table_clusters):
-            break
-        blocks, table_clusters = max(blocks, need_blocks), max(table_clusters, need_table)
-    full = np.zeros(total, dtype=counts.dtype)
-    full[:first] = counts
-    full[first:] = 1
-    storage.write_at(first * cs, b"".join(
-        encode_block(full[b * per_block:(b + 1) * per_block], 1 << order, cs)
-        for b in range(blocks)))
-    table = np.zeros(table_clusters * cs // 8, dtype=">u8")
-    table[:blocks] = np.arange(first, first + blocks, dtype=np.uint64) * cs
-    storage.write_at((first + blocks) * cs, table.tobytes())
-    return (first + blocks) * cs, table_clusters, full

@@ -14,8 +14,6 @@ with extended L2) into kinds, vectorised with numpy, for the block map machinery
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
 from ...blockmap import FlatTable, TableCache
@@ -27,6 +25,12 @@ OFFSET_MASK = 0x00FFFFFFFFFFFE00
 COPIED = 1 << 63
 COMPRESSED = 1 << 62
 ZERO_FLAG = 1
+#: Bits an L1 entry and a standard L2 entry must leave clear.
+L1_RESERVED = 0x7F000000000001FF
+L2_RESERVED = 0x3F000000000001FE
+#: A subcluster bitmap word: "allocated" in the low half, "reads as zeros" above.
+SUBCLUSTERS_ALLOCATED = 0x00000000FFFFFFFF
+SUBCLUSTERS_ZERO = 0xFFFFFFFF00000000
 
 _U = np.uint64
 _OFFSET_MASK = _U(OFFSET_MASK)
@@ -40,6 +44,40 @@ UNALLOCATED, ZERO_PLAIN, NORMAL, ZERO_ALLOC, COMPRESSED_KIND = 0, 1, 2, 3, 4
 SUBCLUSTERS = 32
 #: Bytes of L2 tables kept in memory.
 L2_CACHE_BYTES = 32 << 20
+
+
+def classify(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kinds and host byte offsets of standard L2 entries (offset -1 where none)."""
+    compressed = (entries & _COMPRESSED) != 0
+    offsets = (entries & _OFFSET_MASK).astype(np.int64)
+    has_offset = (offsets != 0) & ~compressed
+    zero = ((entries & _U(ZERO_FLAG)) != 0) & ~compressed
+    kinds = np.where(compressed, COMPRESSED_KIND,
+                     np.where(zero, np.where(has_offset, ZERO_ALLOC, ZERO_PLAIN),
+                              np.where(has_offset, NORMAL, UNALLOCATED))).astype(np.uint8)
+    return kinds, np.where(has_offset, offsets, -1)
+
+
+def compressed_spans(entries: np.ndarray, cluster_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(first byte, byte count)`` of the sectors compressed entries occupy.
+
+    The stream starts at the entry's byte offset; the host clusters it touches
+    run from the sector holding that offset to the last sector counted.
+    """
+    x = 62 - (cluster_bits - 8)
+    entries = np.asarray(entries, dtype=np.uint64)
+    offsets = (entries & _U((1 << x) - 1)).astype(np.int64)
+    sectors = ((entries >> _U(x)) & _U((1 << (cluster_bits - 8)) - 1)).astype(np.int64) + 1
+    start = offsets & ~511
+    return start, sectors * 512
+
+
+def span_clusters(start: np.ndarray, length: np.ndarray, cluster_bits: int) -> np.ndarray:
+    """Every cluster the byte ranges touch (with repeats), for ranges of any length."""
+    first = start >> cluster_bits
+    last = (start + length - 1) >> cluster_bits
+    spans = [first + k for k in range(int((last - first).max(initial=0)) + 1)]
+    return np.concatenate([s[s <= last] for s in spans]) if spans else first
 
 
 class Intervals:
@@ -121,6 +159,10 @@ class ClusterMap:
             self._checked_l2.add(offset)
         return offset
 
+    def forget_checked(self, offset: int) -> None:
+        """The L2 table at ``offset`` moved away: validate whatever comes there anew."""
+        self._checked_l2.discard(offset)
+
     def l1_copied(self, l1_index: int) -> bool:
         return bool(int(self.l1.entries[l1_index]) & COPIED)
 
@@ -159,16 +201,10 @@ class ClusterMap:
 
     # -- classification ----------------------------------------------------------------
 
-    def classify(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def classify(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kinds and host byte offsets of standard L2 entries (offset -1 where none)."""
-        compressed = (entries & _COMPRESSED) != 0
-        offsets = (entries & _OFFSET_MASK).astype(np.int64)
-        has_offset = (offsets != 0) & ~compressed
-        zero = ((entries & _U(ZERO_FLAG)) != 0) & ~compressed
-        kinds = np.where(compressed, COMPRESSED_KIND,
-                         np.where(zero, np.where(has_offset, ZERO_ALLOC, ZERO_PLAIN),
-                                  np.where(has_offset, NORMAL, UNALLOCATED))).astype(np.uint8)
-        return kinds, np.where(has_offset, offsets, -1)
+        return classify(entries)
 
     def lookup(self, first: int, count: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -249,37 +285,5 @@ class ClusterMap:
 
     def compressed_clusters(self, entries: np.ndarray) -> np.ndarray:
         """Host clusters touched by the given compressed entries (with repeats)."""
-        x = self._compressed_shift
-        entries = entries.astype(np.uint64)
-        offsets = (entries & _U((1 << x) - 1)).astype(np.int64)
-        sectors = ((entries >> _U(x)) & _U((1 << (self.cluster_bits - 8)) - 1)).astype(
-            np.int64) + 1
-        start = (offsets & ~511) >> self.cluster_bits
-        stop = ((offsets & ~511) + sectors * 512 - 1) >> self.cluster_bits
-        spans = [start + k for k in range(int((stop - start).max(initial=0)) + 1)]
-        return np.concatenate([s[s <= stop] for s in spans]) if spans else start
-
-    # -- references (for rebuilding refcounts) -------------------------------------------
-
-    def tree_references(self, l1_entries: np.ndarray) -> Iterator[np.ndarray]:
-        """Host clusters referenced through an L1 table: each L2 table, then its data.
-
-        Counts follow qemu's rule: a cluster is counted once per path from an L1 table
-        (so a data cluster under an L2 table shared by a snapshot counts twice).
-        """
-        offsets = (np.asarray(l1_entries, dtype=np.uint64) & _OFFSET_MASK).astype(np.int64)
-        for index in np.flatnonzero(offsets).tolist():
-            offset = int(offsets[index])
-            if offset % self.cluster_size:
-                raise Corrupted(f"an L1 entry points to {offset:#x}, which is not aligned to "
-                                f"a cluster", self.path)
-            yield np.array([offset >> self.cluster_bits], dtype=np.int64)
-            entries = self.l2.get(offset)
-            if self.extended:
-                entries = entries[0::2]
-            kinds, host = self.classify(entries)
-            hosted = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
-            yield host[hosted] >> self.cluster_bits
-            compressed = entries[kinds == COMPRESSED_KIND]
-            if compressed.size:
-                yield self.compressed_clusters(compressed)
+        start, length = compressed_spans(entries, self.cluster_bits)
+        return span_clusters(start, length, self.cluster_bits)

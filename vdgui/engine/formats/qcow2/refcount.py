@@ -11,8 +11,11 @@ blocks where none count the chosen clusters yet (a new block may count itself) a
 grows the table when it is too short: the new table and the blocks that count it
 go to the end of the file, the header is switched to it in one write, and the old
 table is freed.  Clusters freed during a session are not handed out again before
-the image is reopened, so that a crash can never leave an old reference pointing at
-reused data.
+the image is reopened (or a compaction made their release durable), so that a crash
+can never leave an old reference pointing at reused data.
+
+Compaction moves the table and the blocks themselves (copy, count, repoint, uncount)
+and drops blocks that count nothing any more.
 """
 
 from __future__ import annotations
@@ -190,6 +193,15 @@ class Refcounts:
             out[where] = counts[slots - lo]
         return out
 
+    def last_used(self) -> int:
+        """The last cluster with a non-zero count (0 when none has one)."""
+        for b in range(len(self.table) - 1, -1, -1):
+            if self.block_offset(b):
+                nonzero = np.flatnonzero(decode(self._block(b), self.bits, 0, self.per_block))
+                if nonzero.size:
+                    return b * self.per_block + int(nonzero[-1])
+        return 0
+
     def end_cluster(self) -> int:
         """First cluster from which on every cluster is free and beyond the file."""
         end = -(-self.storage.size() // self.cluster_size)
@@ -236,10 +248,32 @@ class Refcounts:
                 # Freed clusters are reused only after a reopen (see the module notes).
                 self._hint = max(self._hint, int(freed[-1]) + 1)
 
+    def clear(self, clusters: np.ndarray) -> None:
+        """Set the counts of clusters nothing refers to (leaks) to zero."""
+        clusters = np.unique(np.asarray(clusters, dtype=np.int64))
+        blocks = clusters // self.per_block
+        for b in np.unique(blocks).tolist():
+            if not self.block_offset(b):
+                continue
+            slots = clusters[blocks == b] - b * self.per_block
+            raw = self._block(b)
+            lo, hi = int(slots[0]), int(slots[-1]) + 1
+            counts = decode(raw, self.bits, lo, hi - lo).astype(np.uint64)
+            counts[slots - lo] = 0
+            start, stop = encode(raw, self.bits, lo, counts)
+            self._persist(b, start, stop)
+        if clusters.size:
+            self._hint = max(self._hint, int(clusters[-1]) + 1)
+
     def increment(self, first: int, count: int) -> None:
         self.adjust(np.arange(first, first + count, dtype=np.int64), 1)
 
     # -- allocation --------------------------------------------------------------------
+
+    def forget_freed(self) -> None:
+        """Allow reusing every free cluster again: the caller made durable that nothing
+        refers to the clusters freed so far (see the module notes)."""
+        self._hint = 1
 
     def reserve(self, count: int) -> int:
         """First of ``count`` contiguous free clusters whose refcount blocks exist.
@@ -359,3 +393,98 @@ class Refcounts:
         self.table_offset, self.table_clusters = table_cluster * cs, n_table
         self.adjust(np.arange(old_first, old_first + old_clusters, dtype=np.int64), -1)
         self._hint = max(self._hint, area_end)
+
+    # -- moving the structures (compaction) ----------------------------------------------
+
+    def move_table(self, first: int) -> None:
+        """Move the table to the free clusters from ``first`` on, which existing blocks
+        count: copy, count, switch the header, uncount the old place (a crash in
+        between leaks one copy, never loses the table)."""
+        cs = self.cluster_size
+        old_first, clusters = self.table_offset // cs, self.table_clusters
+        self.storage.write_at(first * cs, self.table.tobytes())
+        self.increment(first, clusters)
+        self.storage.flush()
+        self._on_table_moved(first * cs, clusters)
+        self.storage.flush()
+        self.table.offset = self.table_offset = first * cs
+        self.adjust(np.arange(old_first, old_first + clusters, dtype=np.int64), -1)
+
+    def move_block(self, index: int, cluster: int) -> None:
+        """Move block ``index`` to the free ``cluster`` the same way."""
+        cs, per = self.cluster_size, self.per_block
+        old = self.block_offset(index) >> self.cluster_bits
+        block = self._block(index).copy()
+        if cluster // per == index:  # the copy counts itself
+            encode(block, self.bits, cluster - index * per, np.ones(1, dtype=np.uint64))
+        self.storage.write_at(cluster * cs, block.tobytes())
+        if cluster // per != index:
+            self.increment(cluster, 1)
+        self.storage.flush()
+        self._blocks[index] = block
+        self.table.entries[index] = cluster * cs
+        self.table.persist(index, 1)
+        self.storage.flush()
+        self.adjust(np.array([old], dtype=np.int64), -1)
+
+    def drop_blocks(self, indices: list[int]) -> None:
+        """Remove the last blocks of the table, which count nothing any more but
+        themselves and each other.
+
+        Their entries are cleared in one write: cleared one by one, a remaining block
+        could lose the count of its own cluster.  Those lying where a kept block
+        counts them are uncounted afterwards (a crash in between leaks them).
+        """
+        per = self.per_block
+        first, last = min(indices), max(indices)
+        clusters = np.array([self.block_offset(i) >> self.cluster_bits for i in indices],
+                            dtype=np.int64)
+        for index in range(first, last + 1):
+            if not self.block_offset(index):
+                continue
+            counted = np.flatnonzero(decode(self._block(index), self.bits, 0, per)) + index * per
+            if index not in indices or np.setdiff1d(counted, clusters).size:
+                raise Corrupted(f"refcount block {index} still counts clusters in use",
+                                self.path)
+        self.table.entries[first:last + 1] = 0
+        self.storage.write_at(self.table_offset + 8 * first, bytes(8 * (last + 1 - first)))
+        for index in indices:
+            self._blocks.pop(index, None)
+        self.storage.flush()
+        kept = clusters[clusters // per < first]
+        if kept.size:
+            self.adjust(kept, -1)
+
+
+def write_fresh_structures(storage: Storage, counts: np.ndarray, cluster_bits: int,
+                           refcount_order: int) -> tuple[int, int, np.ndarray]:
+    """Write refcount blocks and a table for ``counts`` after the end of the file.
+
+    Returns the table's offset, its size in clusters and the counts including the
+    new structures themselves.
+    """
+    cs, order = 1 << cluster_bits, refcount_order
+    per_block = cs * 8 >> order
+    if counts.size and counts.max() > (1 << (1 << order)) - 1:
+        cluster = int(np.argmax(counts))
+        raise Corrupted(f"cluster {cluster} is referenced {int(counts[cluster])} times, more "
+                        f"than {1 << order}-bit refcounts can count", storage.path)
+    first = len(counts)
+    blocks = table_clusters = 1
+    while True:
+        total = first + blocks + table_clusters
+        need_blocks = -(-total // per_block)
+        need_table = -(-need_blocks * 8 // cs)
+        if (need_blocks, need_table) == (blocks, table_clusters):
+            break
+        blocks, table_clusters = max(blocks, need_blocks), max(table_clusters, need_table)
+    full = np.zeros(total, dtype=counts.dtype)
+    full[:first] = counts
+    full[first:] = 1
+    storage.write_at(first * cs, b"".join(
+        encode_block(full[b * per_block:(b + 1) * per_block], 1 << order, cs)
+        for b in range(blocks)))
+    table = np.zeros(table_clusters * cs // 8, dtype=">u8")
+    table[:blocks] = np.arange(first, first + blocks, dtype=np.uint64) * cs
+    storage.write_at((first + blocks) * cs, table.tobytes())
+    return (first + blocks) * cs, table_clusters, full
