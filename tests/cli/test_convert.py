@@ -158,3 +158,11 @@ def test_failure_leaves_no_destination(vdimg: Runner, tmp_path: Path, chain: Pat
     dst = tmp_path / "f.vdi"
     vdimg("convert", chain, dst).assert_error(3, str(dst), "no space")
     assert calls == 2 and not dst.exists()
+
+
+def test_compressed_convert(vdimg: Runner, tmp_path: Path) -> None:
+    src = make_image(tmp_path / "a.vdi", data={0: bytes(range(256)) * 4096})
+    assert vdimg("convert", "-c", src, tmp_path / "out.qcow2").rc == 0
+    assert vdimg("compare", src, tmp_path / "out.qcow2").rc == 0
+    vdimg("convert", "-c", src, tmp_path / "out.vhd").assert_error(2, "compressed")
+    assert not (tmp_path / "out.vhd").exists()

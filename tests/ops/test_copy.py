@@ -151,3 +151,23 @@ def test_copy_is_refused_up_front_when_space_is_short(chain, tmp_path, monkeypat
         with pytest.raises(errors.DiskFull, match="nothing was changed"):
             convert(src, out, "VDI")
     assert not out.exists()
+
+
+@pytest.mark.interop
+def test_compressed_conversion_to_qcow2(chain, tmp_path):
+    _, diff, model = chain
+    text = bytes(range(256)) * 4096  # compressible
+    with open_chain(diff) as disk:
+        disk.write(6 * MiB, text[:MiB])
+        model = model[:6 * MiB] + text[:MiB] + model[7 * MiB:]
+    plain, packed = tmp_path / "plain.qcow2", tmp_path / "packed.qcow2"
+    with open_chain(diff, OpenFlags.READONLY) as src:
+        convert(src, plain, "QCOW2")
+        convert(src, packed, "QCOW2", compress=True)
+        with pytest.raises(errors.InvalidParameter, match="compressed"):
+            convert(src, tmp_path / "no.vdi", "VDI", compress=True)
+    assert packed.stat().st_size < plain.stat().st_size
+    (tmp_path / "model.raw").write_bytes(model)
+    assert qemu.check(packed, "qcow2").returncode == 0
+    assert qemu.compare(packed, "qcow2", tmp_path / "model.raw", "raw")
+    assert not (tmp_path / "no.vdi").exists()

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction, parents: Parents) -> None:
     parser.add_argument("--size", metavar="SIZE", type=types.size,
                         help="DST's virtual size (default: SRC's); smaller only where the "
                              "part cut off reads as zeros")
+    parser.add_argument("-c", "--compress", action="store_true",
+                        help="store the data compressed (formats with compressed "
+                             "clusters: qcow2)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.add_argument("src", metavar="SRC")
     parser.add_argument("dst", metavar="DST")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         with operation(f"converting {args.src}", wanted(args)) as progress:
             as_usage(lambda: copy.convert(src, args.dst, info.name, image_flags=flags,
                                           size=size, config=dict(args.option),
-                                          progress=progress))
+                                          progress=progress, compress=args.compress))
         source = f"{src[-1].backend.lower()} image" if src.count == 1 else \
             f"chain of {src.count} images"
     variant = ", ".join(variant_names(flags))

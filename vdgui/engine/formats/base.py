@@ -189,6 +189,12 @@ class Image(abc.ABC):
         """
         raise ReadOnly(f"the {self.info.name} format cannot be written", self.path)
 
+    def write_compressed(self, offset: int, data: memoryview) -> None:
+        """Store whole allocation units compressed (a compressing conversion into a
+        new image); formats with compressed clusters implement it."""
+        raise NotSupported(f"the {self.info.name} format cannot store compressed data",
+                           self.path)
+
     def flush(self) -> None:
         """Write cached metadata and make everything durable."""
 

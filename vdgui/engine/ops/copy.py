@@ -13,10 +13,12 @@ import os
 import uuid as uuidlib
 from typing import Mapping
 
-from ..blockmap import zeros
+from ..blockmap import runs_of, zero_units, zeros
 from ..container import Disk
 from ..errors import ImageNotFound, InvalidParameter, NotSupported, ReadOnly, VDError
+from ..formats.base import Image
 from ..progress import Progress, report
+from ..sizes import align_up
 from .preflight import ensure_space, held_bytes
 from ..types import (IMAGE_CONTENT_UNKNOWN, NIL_UUID, Capability, Geometry, ImageFlags,
                      OpenFlags, Status, fix_up_lchs, fix_up_pchs)
@@ -36,7 +38,7 @@ def copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
          from_same: int = IMAGE_CONTENT_UNKNOWN, to_same: int = IMAGE_CONTENT_UNKNOWN,
          image_flags: ImageFlags = ImageFlags.NONE, uuid: uuidlib.UUID | None = None,
          open_flags: OpenFlags = OpenFlags.NORMAL, config: Mapping[str, str] | None = None,
-         progress: Progress | None = None) -> None:
+         progress: Progress | None = None, compress: bool = False) -> None:
     """``VDCopyEx``: copy image ``n`` of ``src`` (with its chain) into ``dst``.
 
     With ``path``, a new image is created in ``dst``: a base when ``dst`` is empty
@@ -44,7 +46,8 @@ def copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
     it.  Without ``path`` the content is copied into ``dst``'s top image.  Within
     one container only a move by rename is possible.  ``from_same``/``to_same``
     name images known to be identical in both chains (cloning a chain image by
-    image), so only the images above them are copied.
+    image), so only the images above them are copied.  ``compress`` stores the data
+    compressed, in a new base of a format that can (QCOW2's compressed clusters).
     """
     with src.lock:
         n = src._index(n)
@@ -53,7 +56,7 @@ def copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
             return
         with dst.lock:
             _copy(src, n, dst, path, backend, size, from_same, to_same, image_flags, uuid,
-                  open_flags, config, progress)
+                  open_flags, config, progress, compress)
 
 
 def _move(disk: Disk, n: int, path: str | os.PathLike[str] | None, backend: str | None,
@@ -72,7 +75,8 @@ def _move(disk: Disk, n: int, path: str | os.PathLike[str] | None, backend: str 
 def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
           backend: str | None, size: int, from_same: int, to_same: int,
           image_flags: ImageFlags, uuid: uuidlib.UUID | None, open_flags: OpenFlags,
-          config: Mapping[str, str] | None, progress: Progress | None) -> None:
+          config: Mapping[str, str] | None, progress: Progress | None,
+          compress: bool = False) -> None:
     source = src.image(n)
     src_size = source.size
     if src_size == 0:
@@ -84,6 +88,8 @@ def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
         raise InvalidParameter("from_same and to_same must both name existing images or "
                                "both be unknown")
     created = False
+    if compress:
+        _check_compressible(dst, path, backend or src._slot(n).backend)
     if path is not None:
         new_size = size or src_size
         backend = backend or src._slot(n).backend
@@ -119,7 +125,10 @@ def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
     try:
         bottom = 0 if from_same == IMAGE_CONTENT_UNKNOWN else from_same + 1
         new_base = created and len(dst) == 1
-        _copy_content(src, n, dst, length, block_wise, bottom, new_base, progress)
+        if compress:
+            _copy_compressed(src, n, dst.image(-1), length, progress)
+        else:
+            _copy_content(src, n, dst, length, block_wise, bottom, new_base, progress)
         mod = _get(lambda: source.modification_uuid)
         if mod is not None and mod != NIL_UUID:
             try:
@@ -133,6 +142,48 @@ def _copy(src: Disk, n: int, dst: Disk, path: str | os.PathLike[str] | None,
             dst.close(delete=True)
         raise
     report(progress, length, length, "done")
+
+
+def _check_compressible(dst: Disk, path: str | os.PathLike[str] | None, backend: str) -> None:
+    from ..registry import backend_class
+    cls = backend_class(backend)
+    if cls.write_compressed is Image.write_compressed:
+        raise InvalidParameter(f"the {cls.info.name} format cannot store compressed data",
+                               os.fspath(path) if path else None)
+    if path is None or len(dst):
+        raise InvalidParameter("only a new standalone image can be written compressed",
+                               os.fspath(path) if path else None)
+
+
+def _copy_compressed(src: Disk, n: int, target: Image, length: int,
+                     progress: Progress | None) -> None:
+    """Copy whole allocation units, compressing those that hold anything."""
+    unit = target.allocation_unit
+    step = max(CHUNK // unit, 1) * unit
+    buf = bytearray(step)
+    pos = 0
+    while pos < length:
+        report(progress, pos, length, "compressing")
+        stop = min(pos + step, length)
+        if _holds_anything(src, n, pos, stop):
+            view = memoryview(buf)[:align_up(stop - pos, unit)]
+            src.read_chain(pos, view[:stop - pos], n)
+            view[stop - pos:] = zeros(len(view) - (stop - pos))
+            for first, count, zero in runs_of(zero_units(view, unit)):
+                if not zero:  # all-zero units stay unallocated in the new image
+                    target.write_compressed(pos + first * unit,
+                                            view[first * unit:(first + count) * unit])
+        pos = stop
+
+
+def _holds_anything(src: Disk, n: int, start: int, stop: int) -> bool:
+    pos = start
+    while pos < stop:
+        depth, status, run = src.resolve(pos, stop - pos, n)
+        if depth >= 0 and status is Status.DATA:
+            return True
+        pos += run
+    return False
 
 
 def _carry_geometry(src: Disk, n: int, dst: Disk) -> None:
@@ -178,11 +229,11 @@ def _copy_content(src: Disk, n: int, dst: Disk, length: int, block_wise: bool, b
 def convert(src: Disk, path: str | os.PathLike[str], backend: str, *,
             image_flags: ImageFlags = ImageFlags.NONE, size: int = 0,
             config: Mapping[str, str] | None = None, uuid: uuidlib.UUID | None = None,
-            progress: Progress | None = None) -> None:
+            progress: Progress | None = None, compress: bool = False) -> None:
     """A new standalone image at ``path`` with the content of ``src``'s top.
 
     ``vdimg convert``: ``VDCopyEx`` into an empty container, then closed.
     """
     with Disk(src.disk_type, src.io) as dst:
         copy(src, len(src) - 1, dst, path, backend, size=size, image_flags=image_flags,
-             uuid=uuid, config=config, progress=progress)
+             uuid=uuid, config=config, progress=progress, compress=compress)
