@@ -127,9 +127,16 @@ def test_formats_lists_every_backend(vdimg: Runner) -> None:
     records = json.loads(vdimg("formats", "--json").out)
     assert [r["name"] for r in records] == [i.name.lower() for i in backends()]
     vdi = next(r for r in records if r["name"] == "vdi")
-    assert set(vdi) == {"name", "description", "capabilities", "extensions", "variants",
+    assert set(vdi) == {"name", "description", "capabilities", "extensions", "variants", "operations",
                         "config_keys"}
     assert "diff" in vdi["capabilities"] and {"extension": "vdi", "type": "hdd"} in \
         vdi["extensions"]
     assert "fixed" in vdi["variants"]
     assert any(k["name"] == "AllocationBlockSize" for k in vdi["config_keys"])
+
+
+def test_formats_lists_operations(vdimg: Runner) -> None:
+    records = {r["name"]: r for r in json.loads(vdimg("formats", "--json").out)}
+    assert "compact" in records["vdi"]["operations"]
+    assert "compress" in records["qcow2"]["operations"]
+    assert records["dmg"]["operations"] == []

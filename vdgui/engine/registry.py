@@ -24,7 +24,7 @@ from .formats.vmdk import VmdkImage
 from .formats.vhd import VhdImage
 from .formats.vhdx import VhdxImage
 from .io import StorageProvider, default_provider
-from .types import DiskType
+from .types import Capability, DiskType
 
 #: Image backends in probe order (VirtualBox: VMDK, VDI, VHD, Parallels, DMG, QED,
 #: QCOW, VHDX, ..., RAW).
@@ -85,6 +85,33 @@ def is_known(name: str) -> bool:
     """True when a backend (or alias) of that name exists."""
     wanted = ALIASES.get(name.lower(), name).lower()
     return any(cls.info.name.lower() == wanted for cls in _BACKENDS)
+
+
+def operations(name: str) -> list[str]:
+    """The maintenance operations the backend ``name`` implements.
+
+    ``compact``, ``discard``, ``resize``, ``relink`` (merge/rebase can re-point its
+    differencing images), ``repair``, ``compress`` (compressed conversion).
+    """
+    cls = backend_class(name)
+
+    def has(method: str) -> bool:
+        return getattr(cls, method, None) is not getattr(Image, method, None)
+
+    found = []
+    if has("unmap") and has("pack"):
+        found.append("compact")
+        if cls.info.has(Capability.DISCARD):
+            found.append("discard")
+    if has("resize"):
+        found.append("resize")
+    if cls.info.has(Capability.DIFF) and (has("set_parent") or not has("parent_filename")):
+        found.append("relink")
+    if hasattr(cls, "check"):
+        found.append("repair")
+    if has("write_compressed"):
+        found.append("compress")
+    return found
 
 
 def backend_info(name: str) -> BackendInfo:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from vdgui.engine import BackendInfo, Capability, backends
+from vdgui.engine.registry import operations
 
 from ..args import Parents
 from ..output import print_fields, print_json
@@ -28,6 +29,7 @@ def backend_record(info: BackendInfo) -> dict[str, Any]:
                          if cap.name and info.capabilities & cap],
         "extensions": [{"extension": ext, "type": kind.label} for ext, kind in info.extensions],
         "variants": list(info.variants),
+        "operations": operations(info.name),
         "config_keys": [{"name": key.name, "default": key.default,
                          "type": key.value_type.name.lower(),
                          "flags": [f.name.lower() for f in type(key.flags)
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             ("extensions", ", ".join(e["extension"] for e in record["extensions"]) or "-"),
             ("variants", ", ".join(record["variants"]) or "- (cannot create images)"),
             ("capabilities", ", ".join(record["capabilities"]) or "-"),
+            ("operations", ", ".join(record["operations"]) or "-"),
             ("options", options or "-"),
         ], indent="  ")
     return 0
