@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
+import numpy as np
 import pytest
 
 from vdgui.engine import errors
-from vdgui.engine.io import FaultyProvider, Fault, FileProvider, MemoryProvider
+from vdgui.engine.io import FaultyProvider, Fault, FileProvider, MemoryProvider, buffer
 from vdgui.engine.io.faulty import SimulatedCrash
 from vdgui.engine.io.journal import journal_path
 
@@ -134,3 +136,65 @@ def test_reading_past_the_end_is_a_clear_error(tmp_path):
             storage.read_exact(0, 10, "the header")
         with pytest.raises(errors.ReadOnly):
             storage.write_at(0, b"x")
+
+
+PATTERN = bytes(range(256)) * 16  # 4 KiB with no two equal sectors
+
+
+def test_copy_within_a_file_and_between_files(provider_and_path):
+    provider, path = provider_and_path
+    other = path.replace("img.bin", "other.bin")
+    with provider.open(path, writable=True) as storage:
+        storage.write_at(0, PATTERN)
+        storage.copy_to(512, 1024, storage, 8192)  # within the file, past its end
+        with provider.open(other, create=True) as target:
+            storage.copy_to(0, 4096, target, 100)
+            assert target.read_at(0, 4196) == bytes(100) + PATTERN
+    assert read_all(provider, path) == PATTERN + bytes(4096) + PATTERN[512:1536]
+
+
+def test_copying_beyond_the_end_pads_with_zeros_or_refuses(provider_and_path):
+    provider, path = provider_and_path
+    with provider.open(path, writable=True) as storage:
+        storage.copy_to(4000, 200, storage, 8000)  # 96 bytes exist, the rest is zeros
+        assert storage.read_at(8000, 200) == OLD[4000:] + bytes(104)
+        with pytest.raises(errors.Corrupted, match="truncated: a block at offset 8100"):
+            storage.copy_to(8100, 200, storage, 9000, "a block")
+        assert storage.size() == 8200  # refused before anything was written
+
+
+def test_overlapping_copies_move_data_down(provider_and_path):
+    provider, path = provider_and_path
+    with provider.open(path, writable=True) as storage:
+        storage.write_at(0, PATTERN)
+        storage.copy_to(1024, 3072, storage, 512)
+    assert read_all(provider, path) == PATTERN[:512] + PATTERN[1024:] + PATTERN[3584:]
+
+
+def test_copies_inside_a_transaction_are_journalled(provider_and_path):
+    provider, path = provider_and_path
+    with provider.open(path, writable=True) as storage:
+        storage.write_at(0, PATTERN)
+        with pytest.raises(RuntimeError):
+            with storage.transaction():
+                storage.copy_to(0, 1024, storage, 2048)
+                assert storage.read_at(2048, 1024) == PATTERN[:1024]  # seen inside
+                raise RuntimeError("abandon the transaction")
+    assert read_all(provider, path) == PATTERN  # and dropped with it
+
+
+def test_copying_into_a_read_only_file_is_refused(tmp_path):
+    path = str(tmp_path / "img.bin")
+    with open(path, "wb") as f:
+        f.write(OLD)
+    with FileProvider().open(path) as storage:
+        with pytest.raises(errors.ReadOnly):
+            storage.copy_to(0, 10, storage, 100)
+
+
+def test_large_io_buffers_start_on_a_page():
+    for length in (0, 1, 4096, 1 << 20, 3 << 20):
+        view = buffer(length)
+        assert len(view) == length and not view.readonly and not any(view[:64])
+        if length >= 1 << 20:
+            assert np.frombuffer(view, np.uint8).ctypes.data % mmap.PAGESIZE == 0

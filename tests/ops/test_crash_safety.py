@@ -116,7 +116,9 @@ def test_compact(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", params(compactable()))
 def test_compact_base(tmp_path, fmt):
-    assert run_everywhere(tmp_path, fmt, lambda d: compact(d), "base") > 3
+    # Releases are written a run of units at a time: the base's one run of stored
+    # zeros can take a single write, and the cut one more.
+    assert run_everywhere(tmp_path, fmt, lambda d: compact(d), "base") > 1
 
 
 @pytest.mark.parametrize("fmt", params(resizable()))

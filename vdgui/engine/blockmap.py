@@ -78,15 +78,22 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     return not raw.any()
 
 
+def frozen(array: np.ndarray) -> np.ndarray:
+    """``array``, made read-only: a shared result no caller may change."""
+    array.flags.writeable = False
+    return array
+
+
 def runs_of(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
-    """``(first index, count, value)`` for each run of equal values in a boolean array."""
+    """``(first index, count, value)`` for each run of equal values in an array
+    (values come back as Python bools for a boolean array, ints otherwise)."""
     if not len(flags):
         return
     bounds = np.flatnonzero(flags[1:] != flags[:-1]) + 1
     starts = [0, *bounds.tolist()]
     ends = [*bounds.tolist(), len(flags)]
     for start, end in zip(starts, ends):
-        yield start, end - start, bool(flags[start])
+        yield start, end - start, flags[start].item()
 
 
 def fill_zero(buf: memoryview, start: int, end: int) -> None:
@@ -245,6 +252,12 @@ class FlatTable:
         raw = self.entries.view(np.uint8)[start:stop]
         self.storage.write_at(self.offset + start, raw.tobytes())
 
+    def persist_entries(self, indices: np.ndarray) -> None:
+        """Write the sectors holding the given entries, each sector once."""
+        per = max(1, SECTOR // self.dtype.itemsize)
+        for first in np.unique(np.asarray(indices, dtype=np.int64) // per).tolist():
+            self.persist(first * per, per)
+
     def persist_all(self) -> None:
         self.storage.write_at(self.offset, self.entries.tobytes())
 
@@ -254,45 +267,89 @@ class TableCache:
 
     Two-level formats (QCOW2, QED, VMDK sparse extents) point from a first-level
     table at second-level tables of ``entries`` entries each.  ``get(offset)``
-    returns the table stored at a file offset as a writable numpy array; changes
-    are written back with :meth:`persist` (whole sectors around the changed entries).
+    returns the table stored at a file offset, read-only; :meth:`modify` returns it
+    writable, and changes are written back with :meth:`persist` (whole sectors
+    around the changed entries).
+
+    ``decode(table)``, when given, derives what lookups need from a table (its
+    entries classified, say).  :meth:`decoded` computes that once per table and
+    keeps it until the table changes (:meth:`modify`, :meth:`new`, :meth:`persist`,
+    :meth:`forget`), so that a lookup costs slicing rather than classifying.
     """
 
     def __init__(self, storage: Storage, entries: int, dtype: str, capacity: int = 256,
-                 what: str = "second-level table") -> None:
+                 what: str = "second-level table",
+                 decode: Callable[[np.ndarray], object] | None = None) -> None:
         self.storage = storage
         self.entries = entries
         self.dtype = np.dtype(dtype)
         self.capacity = capacity
         self.what = what
+        self._decode = decode
         self._tables: dict[int, np.ndarray] = {}
+        self._decoded: dict[int, object] = {}
 
     @property
     def table_bytes(self) -> int:
         return self.entries * self.dtype.itemsize
 
-    def get(self, offset: int) -> np.ndarray:
+    def _load(self, offset: int) -> np.ndarray:
+        """The (writable) table at ``offset``, read if needed, now most recently used."""
         table = self._tables.pop(offset, None)
         if table is None:
             raw = self.storage.read_exact(offset, self.table_bytes, self.what)
             table = np.frombuffer(raw, dtype=self.dtype).copy()
-            if len(self._tables) >= self.capacity:
-                self._tables.pop(next(iter(self._tables)))
+            self._make_room()
         self._tables[offset] = table  # most recently used last
         return table
+
+    def _make_room(self) -> None:
+        if len(self._tables) >= self.capacity:
+            self._drop(next(iter(self._tables)))
+
+    def _drop(self, offset: int) -> None:
+        self._tables.pop(offset, None)
+        self._decoded.pop(offset, None)
+
+    def get(self, offset: int) -> np.ndarray:
+        """The table at ``offset``, read-only (change it through :meth:`modify`)."""
+        view = self._load(offset).view()
+        view.flags.writeable = False
+        return view
+
+    def modify(self, offset: int) -> np.ndarray:
+        """The table at ``offset``, writable: what was derived from it is dropped."""
+        self._decoded.pop(offset, None)
+        return self._load(offset)
+
+    def decoded(self, offset: int) -> object:
+        """``decode`` of the table at ``offset``, computed once per table content."""
+        assert self._decode is not None
+        result = self._decoded.get(offset)
+        if result is None:
+            result = self._decode(self.get(offset))
+            self._decoded[offset] = result
+        else:
+            self._load(offset)  # keep the table (and with it the result) recently used
+        return result
+
+    def drop_decoded(self) -> None:
+        """Derive everything anew (what ``decode`` depends on besides the tables changed)."""
+        self._decoded.clear()
 
     def new(self, offset: int, fill: int = 0) -> np.ndarray:
         """Start a table at ``offset`` filled with ``fill`` and write it out whole."""
         table = np.full(self.entries, fill, dtype=self.dtype)
         self.storage.write_at(offset, table.tobytes())
-        if len(self._tables) >= self.capacity:
-            self._tables.pop(next(iter(self._tables)))
+        self._drop(offset)
+        self._make_room()
         self._tables[offset] = table
         return table
 
     def persist(self, offset: int, first: int, count: int) -> None:
         """Write the sectors of the table at ``offset`` holding entries first..first+count-1."""
         table = self._tables[offset]
+        self._decoded.pop(offset, None)
         size = self.dtype.itemsize
         start = (first * size) // SECTOR * SECTOR
         stop = min(-(-((first + count) * size) // SECTOR) * SECTOR, self.table_bytes)
@@ -302,5 +359,6 @@ class TableCache:
         """Drop one cached table (or all of them), e.g. after it was moved or freed."""
         if offset is None:
             self._tables.clear()
+            self._decoded.clear()
         else:
-            self._tables.pop(offset, None)
+            self._drop(offset)

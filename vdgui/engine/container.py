@@ -27,7 +27,7 @@ from .errors import (AccessDenied, CacheAlreadyExists, CacheNotFound, CacheNotUp
                      ReadOnly, UuidMismatch, VDError)
 from .formats.base import Cache, CacheRequest, CreateRequest, Image, ParentLink
 from .image_view import ImageView
-from .io import StorageProvider, default_provider
+from .io import StorageProvider, buffer, default_provider
 from .progress import Progress, report
 from .sizes import align_down, align_up
 from .types import (CONTAINER_OPEN_FLAGS, IMAGE_FLAGS_MASK, LAST_IMAGE, NIL_UUID,
@@ -712,25 +712,24 @@ class Disk:
             if pos == start and stop == start + filled == unit_end and (
                     old_is_zero or slot.honor_same):
                 # Whole units replaced and nothing below to compare with: no copy.
-                new: memoryview | bytearray = data[pos - offset:stop - offset]
+                new = data[pos - offset:stop - offset]
                 old: bytes | None = None
             else:
-                block = bytearray(unit_end - start)
+                block = buffer(unit_end - start)
                 if status is Status.FREE and below >= 0:
-                    self.read_chain(start, memoryview(block)[:filled], below)
+                    self.read_chain(start, block[:filled], below)
                 old = None if old_is_zero else bytes(block)
                 block[pos - start:stop - start] = data[pos - offset:stop - offset]
                 new = block
             if slot.honor_same:
-                image.write_blocks(start, memoryview(new))
+                image.write_blocks(start, new)
             else:
                 changed = (~zero_units(new, unit) if old is None
                            else changed_units(new, old, unit))
-                view = memoryview(new)
                 for first, count, value in runs_of(changed):
                     if value:
                         image.write_blocks(start + first * unit,
-                                           view[first * unit:(first + count) * unit])
+                                           new[first * unit:(first + count) * unit])
             pos = stop
 
     def _mark_modified(self) -> None:

@@ -159,6 +159,17 @@ def test_unaligned_data_offset(image):
     _assert_refused(image, "aligned")
 
 
+def test_a_bad_entry_fails_only_the_ranges_it_is_in(image):
+    put_u64(image, L2 + 8 * 40, (1 << 63) | L1)  # cluster 40 "stored" in the L1 table
+    with Disk() as disk:
+        disk.open(str(image), flags=OpenFlags.READONLY)
+        assert disk.read(0, 65536) == b"\x42" * 65536  # the same L2 table, another range
+        assert disk.read(2 * MiB, 65536) == bytes(65536)
+        for _ in range(2):  # asked again (the table's classification is kept): same answer
+            with pytest.raises(Corrupted, match="guest data inside the L1 table"):
+                disk.read(39 * 65536, 2 * 65536)
+
+
 def test_data_past_end_of_file(image):
     put_u64(image, L2, (1 << 63) | 1 << 40)
     _assert_refused(image, "beyond the end")

@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..blockmap import ALLOCATED_ZERO, DATA, FlatTable, TableCache
+from ..blockmap import ALLOCATED_ZERO, DATA, FlatTable, TableCache, frozen
 from ..errors import Corrupted
 from ..findings import ERROR, LEAK, WARNING, Finding
 from ..io import Storage, StorageProvider
@@ -313,8 +313,7 @@ def copy_ranges(storage: Storage, src: np.ndarray, dst: np.ndarray,
         total = int(src[b - 1] + length[b - 1]) - source
         for pos in range(0, total, COPY_CHUNK):
             count = min(COPY_CHUNK, total - pos)
-            storage.write_at(target + pos,
-                             storage.read_exact(source + pos, count, "a cluster being moved"))
+            storage.copy_to(source + pos, count, storage, target + pos, "a cluster being moved")
 
 
 def move_extents(storage: Storage, ext: Extents,
@@ -829,8 +828,11 @@ class TwoLevelTable:
         self.l1 = FlatTable(storage, layout.l1_offset, layout.l1_count, layout.dtype,
                             "L1 table")
         capacity = max(4, min(256, CACHE_BYTES // self.table_bytes))
-        self.cache = TableCache(storage, self.l2_entries, layout.dtype, capacity, "L2 table")
+        self.cache = TableCache(storage, self.l2_entries, layout.dtype, capacity, "L2 table",
+                                decode=self._decode_table)
         self._refresh_l1()
+        #: What lookups see where an L1 entry has no L2 table.
+        self._no_table = self._decode_table(np.zeros(self.l2_entries, dtype=np.uint64))
 
     # -- validation ------------------------------------------------------------------
 
@@ -841,6 +843,8 @@ class TwoLevelTable:
                                                       self.table_align, tables=False)
         valid = offsets[(offsets != 0) & ~self._bad_l1]
         self._starts = np.unique(valid)
+        # Data may now overlap a table (or the metadata moved): check tables anew.
+        self.cache.drop_decoded()
 
     def _invalid(self, offsets: np.ndarray, length: int, align: int,
                  tables: bool = True) -> np.ndarray:
@@ -910,9 +914,38 @@ class TwoLevelTable:
                     out[at:at + take] = self.cache.get(table_offset)[slot:slot + take]
         return out
 
+    def _decode_table(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A table's states and offsets, and whether every data offset in it passes
+        the checks of :meth:`lookup` (which then need not run: a growing file only
+        makes more offsets valid, and everything else they depend on drops this)."""
+        states, offsets = self.decode(raw.astype(np.uint64))
+        try:
+            self._check_data(0, states, offsets)
+            checked = True
+        except Corrupted:
+            checked = False
+        return frozen(states), frozen(offsets), checked
+
     def lookup(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """``BlockMap`` lookup: decoded states and validated file offsets."""
-        states, offsets = self.decode(self.entries(first, count))
+        pieces = []
+        for _, index, slot, take in self._pieces(first, count):
+            table_offset = self._l2_offset(index) if index < len(self.l1) else 0
+            table = self.cache.decoded(table_offset) if table_offset else self._no_table
+            pieces.append((table, slot, take))
+        if len(pieces) == 1:
+            (states, offsets, checked), slot, take = pieces[0]
+            states, offsets = states[slot:slot + take], offsets[slot:slot + take]
+        else:
+            states = np.concatenate([t[0][slot:slot + take] for t, slot, take in pieces])
+            offsets = np.concatenate([t[1][slot:slot + take] for t, slot, take in pieces])
+            checked = all(t[2] for t, _, _ in pieces)
+        if not checked:
+            self._check_data(first, states, offsets)
+        return states, offsets
+
+    def _check_data(self, first: int, states: np.ndarray, offsets: np.ndarray) -> None:
+        """Corrupted when a data offset of clusters ``first..`` is unusable."""
         allocated = ((states == DATA) | (states == ALLOCATED_ZERO)) & (offsets >= 0)
         if allocated.any():
             bad = allocated & self.invalid_data(offsets)
@@ -923,7 +956,6 @@ class TwoLevelTable:
                 raise Corrupted(f"the L2 entry of guest offset "
                                 f"{(first + i) * self.cluster_size} points to file offset "
                                 f"{offset:#x}, which {why}", self.path)
-        return states, offsets
 
     # -- allocation ------------------------------------------------------------------
 
@@ -968,7 +1000,7 @@ class TwoLevelTable:
                 table = self.cache.new(table_offset)
                 self.file_size = max(self.file_size, table_offset + self.table_bytes)
             else:
-                table = self.cache.get(table_offset)
+                table = self.cache.modify(table_offset)
             table[slot:slot + take] = values[at:at + take]
             self.cache.persist(table_offset, slot, take)
             if new:
@@ -988,6 +1020,7 @@ class TwoLevelTable:
                 continue
             table = self.cache.get(table_offset)
             if (table[slot:slot + take] != value).any():
+                table = self.cache.modify(table_offset)
                 table[slot:slot + take] = value
                 self.cache.persist(table_offset, slot, take)
             if not value and not table.any():
@@ -1032,7 +1065,7 @@ class TwoLevelTable:
             for index in np.unique(guests // n).tolist():
                 these = guests // n == index
                 table_offset = self._l2_offset(index)
-                table = self.cache.get(table_offset)
+                table = self.cache.modify(table_offset)
                 for k, guest, to in zip(idx[clusters][these].tolist(),
                                         guests[these].tolist(), targets[these].tolist()):
                     table[guest % n] = (lay.compressed.moved(int(raw[k]), to)

@@ -6,13 +6,13 @@ files; :class:`MemoryProvider` keeps files in memory for tests, and
 :class:`FaultyProvider` wraps another provider to inject I/O faults.
 """
 
-from .base import Storage, StorageProvider
+from .base import IO_CHUNK, Storage, StorageProvider, buffer
 from .faulty import Fault, FaultyProvider
 from .file import FileProvider, FileStorage
 from .memory import MemoryProvider
 
 __all__ = ["Storage", "StorageProvider", "FileProvider", "FileStorage", "MemoryProvider",
-           "FaultyProvider", "Fault", "default_provider"]
+           "FaultyProvider", "Fault", "default_provider", "IO_CHUNK", "buffer"]
 
 _default = FileProvider()
 

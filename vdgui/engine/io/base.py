@@ -11,11 +11,35 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import mmap
 from typing import Iterator
 
 from . import journal
 
 log = logging.getLogger(__name__)
+
+#: Bytes a streaming loop (copy, compare, compact) moves per step.  Small enough
+#: that the buffer is still in the CPU caches when the data is checked or written
+#: (16 MiB buffers made page-cache reads up to three times slower), large enough
+#: that the per-step overhead stays small.
+IO_CHUNK = 2 << 20
+
+#: Buffers from this size up are mapped pages (see :func:`buffer`).
+_MAPPED_BUFFER = 128 << 10
+
+
+def buffer(length: int) -> memoryview:
+    """A writable, zero-filled buffer of ``length`` bytes, starting on a page boundary
+    when it is large.
+
+    For I/O of large blocks: a big ``bytearray`` starts 16 bytes past a page
+    boundary, and the kernel copies page-cache data into (and out of) memory placed
+    that way markedly slower (page-cache reads took twice as long).  Small buffers
+    come from the heap: mapping pages would cost more than it saves.
+    """
+    if length < _MAPPED_BUFFER:
+        return memoryview(bytearray(length))
+    return memoryview(mmap.mmap(-1, length))
 
 
 class Storage(abc.ABC):
@@ -98,12 +122,44 @@ class Storage(abc.ABC):
 
     def read_exact(self, offset: int, length: int, what: str = "data") -> bytes:
         """Exactly ``length`` bytes, or :class:`Corrupted` naming what was cut short."""
-        from ..errors import Corrupted
         data = self.read_at(offset, length)
         if len(data) != length:
-            raise Corrupted(f"the file is truncated: {what} at offset {offset} "
-                            f"({length} bytes) lies beyond its end", self.path)
+            raise self._truncated(offset, length, what)
         return data
+
+    def _truncated(self, offset: int, length: int, what: str) -> Exception:
+        from ..errors import Corrupted
+        return Corrupted(f"the file is truncated: {what} at offset {offset} "
+                         f"({length} bytes) lies beyond its end", self.path)
+
+    def copy_to(self, offset: int, length: int, target: "Storage", target_offset: int,
+                what: str | None = None) -> None:
+        """Copy ``length`` bytes at ``offset`` to ``target_offset`` of ``target`` (this
+        file or another; within one file the target must not lie after an overlapping
+        source).  What lies beyond the end of this file copies as zeros; with
+        ``what``, such a range raises :class:`Corrupted` naming it instead, before
+        anything is written (as :meth:`read_exact` would).
+        """
+        target._check_writable()
+        if what is not None and offset + length > self.size():
+            raise self._truncated(offset, length, what)
+        done = self._copy(offset, length, target, target_offset)
+        if done < length:
+            target.write_at(target_offset + done, bytes(length - done))
+
+    def _copy(self, offset: int, length: int, target: "Storage", target_offset: int) -> int:
+        """Copy what exists of the range; returns its length.  Reads and writes
+        through a bounded buffer (host files let the kernel copy instead)."""
+        buf = buffer(min(length, IO_CHUNK))
+        done = 0
+        while done < length:
+            view = buf[:min(IO_CHUNK, length - done)]
+            got = self.readinto_at(offset + done, view)
+            target.write_at(target_offset + done, view[:got])
+            done += got
+            if got < len(view):
+                break
+        return done
 
     def _check_writable(self) -> None:
         if not self.writable:

@@ -98,6 +98,30 @@ class FileStorage(Storage):
     def allocated_size(self) -> int:
         return os.fstat(self._fd).st_blocks * 512
 
+    def _copy(self, offset: int, length: int, target: Storage, target_offset: int) -> int:
+        """By the kernel (``copy_file_range``: no copy through this process, and a clone
+        on file systems that share extents), where no journal is involved and the
+        ranges lie apart."""
+        if (type(target) is not FileStorage or self._records() or target._txn is not None
+                or (target is self and offset < target_offset + length
+                    and target_offset < offset + length)):
+            return super()._copy(offset, length, target, target_offset)
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(self._fd, target._fd, length - done, offset + done,
+                                       target_offset + done)
+            except OSError as exc:
+                if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    # Not between these files (another file system, an old kernel).
+                    return done + super()._copy(offset + done, length - done, target,
+                                                target_offset + done)
+                raise from_os_error(exc, target.path, "copying failed") from exc
+            if n == 0:  # the end of this file
+                break
+            done += n
+        return done
+
     def advise_sequential(self) -> None:
         if hasattr(os, "posix_fadvise"):  # larger read-ahead, earlier write-back
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..blockmap import changed_units, fill_zero, runs_of, zero_units
 from ..container import Disk
 from ..errors import ReadOnly
 from ..formats.base import Image
-from ..blockmap import changed_units, zero_units
+from ..io import IO_CHUNK, buffer
 from ..progress import Progress, part, report
 from ..sizes import align_down, align_up
 from ..types import LAST_IMAGE, OpenFlags, Status
 
-CHUNK = 16 << 20
+#: Bytes scanned per step (rounded to whole units).
+CHUNK = IO_CHUNK
+
+# What happens to a scanned unit.
+_KEEP, _FREE, _ZERO = 0, 1, 2
 
 
 @dataclass
@@ -78,8 +85,8 @@ def _release(disk: Disk, index: int, image: Image, plan: CompactPlan,
     unit = image.allocation_unit
     size = image.size
     step = max(CHUNK // unit, 1) * unit
-    buf = bytearray(step)
-    below = bytearray(step)
+    buf = buffer(step)
+    below = buffer(step) if index > 0 else None
     pos = 0
     while pos < size:
         report(progress, pos, size, "scanning")
@@ -91,29 +98,29 @@ def _release(disk: Disk, index: int, image: Image, plan: CompactPlan,
         stop = min(align_up(pos + run, unit), start + step)
         length = stop - start
         filled = min(stop, size) - start
-        data = memoryview(buf)[:length]
+        data = buf[:length]
         image.read_into(start, data[:filled])
-        data[filled:] = bytes(length - filled)
-        under = memoryview(below)[:length]
-        if index > 0:
-            disk.read_chain(start, under[:filled], index - 1)
-        else:
-            under[:filled] = bytes(filled)
-        under[filled:] = bytes(length - filled)
-        same = ~changed_units(data, under, unit)
+        fill_zero(data, filled, length)
         zero = zero_units(data, unit)
-        for i in range(length // unit):
-            offset = start + i * unit
-            if same[i]:
-                plan.same_as_below += unit
-                if not dry_run:
-                    image.unmap(offset, unit, zero=False)
-            elif zero[i]:
-                if image.can_mark_zero:
-                    plan.zero += unit
-                    if not dry_run:
-                        image.unmap(offset, unit, zero=True)
-                else:
-                    plan.kept_zero += unit
+        if below is None:
+            same = zero  # below a base everything reads as zeros
+        else:
+            under = below[:length]
+            disk.read_chain(start, under[:filled], index - 1)
+            fill_zero(under, filled, length)
+            same = ~changed_units(data, under, unit)
+        zeroed = zero & ~same
+        plan.same_as_below += int(np.count_nonzero(same)) * unit
+        if image.can_mark_zero:
+            plan.zero += int(np.count_nonzero(zeroed)) * unit
+        else:
+            plan.kept_zero += int(np.count_nonzero(zeroed)) * unit
+            zeroed[:] = False
+        if not dry_run:
+            # One release per run of units, in disk order (units to keep are 0).
+            action = np.where(same, _FREE, np.where(zeroed, _ZERO, _KEEP))
+            for first, count, what in runs_of(action):
+                if what != _KEEP:
+                    image.unmap(start + first * unit, count * unit, zero=what == _ZERO)
         plan.allocated += length
         pos = stop

@@ -13,8 +13,11 @@ import numpy as np
 
 from ..blockmap import is_zero
 from ..container import Disk
+from ..io import IO_CHUNK, buffer
 from ..progress import Progress, report
+from ..types import Status
 
+#: Bytes of status asked for at once; data is read and compared IO_CHUNK at a time.
 CHUNK = 16 << 20
 
 
@@ -23,12 +26,22 @@ def _as_words(data: memoryview) -> np.ndarray:
     return raw.view(np.uint64) if len(raw) % 8 == 0 else raw
 
 
-def _zero_run(disk: Disk, pos: int, length: int) -> tuple[bool, int]:
-    """``(reads as zeros?, how far that answer holds)`` from ``pos``."""
+def _holder(disk: Disk, pos: int, length: int) -> tuple[int | None, int]:
+    """``(image holding data at pos, or None where the disk reads as zeros; how far
+    that answer holds)``."""
     if pos >= disk.size:
-        return True, length
-    depth, status, run = disk.block_status(pos, min(length, disk.size - pos))
-    return depth is None or status.reads_zero, run
+        return None, length
+    depth, status, run = disk.resolve(pos, min(length, disk.size - pos), len(disk) - 1)
+    return (depth if status is Status.DATA else None), run
+
+
+def _read(disk: Disk, depth: int, pos: int, view: memoryview) -> None:
+    """Read what :func:`_holder` found at image ``depth`` (through the cache, if the
+    disk has one, as :meth:`Disk.read_into` would)."""
+    if disk.cache is None:
+        disk.image(depth).read_into(pos, view)
+    else:
+        disk.read_into(pos, view)
 
 
 def _first_nonzero(data: memoryview) -> int:
@@ -38,30 +51,40 @@ def _first_nonzero(data: memoryview) -> int:
 def first_difference(a: Disk, b: Disk, progress: Progress | None = None) -> int | None:
     """The first offset where ``a`` and ``b`` differ, or None when they are equal."""
     end = max(a.size, b.size)
-    buf_a, buf_b = memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK))
-    pos = 0
-    while pos < end:
-        report(progress, pos, end, "comparing")
-        zero_a, run_a = _zero_run(a, pos, min(CHUNK, end - pos))
-        zero_b, run_b = _zero_run(b, pos, min(CHUNK, end - pos))
-        n = min(run_a, run_b)
-        if zero_a and zero_b:
+    buf_a, buf_b = buffer(IO_CHUNK), buffer(IO_CHUNK)
+    with a.lock, b.lock:
+        pos = 0
+        while pos < end:
+            report(progress, pos, end, "comparing")
+            depth_a, run_a = _holder(a, pos, min(CHUNK, end - pos))
+            depth_b, run_b = _holder(b, pos, min(CHUNK, end - pos))
+            n = min(run_a, run_b)
+            if depth_a is not None or depth_b is not None:
+                diff = _compare_run(a, depth_a, buf_a, b, depth_b, buf_b, pos, pos + n)
+                if diff is not None:
+                    return diff
             pos += n
-            continue
-        if zero_a or zero_b:
-            disk, buf = (b, buf_b) if zero_a else (a, buf_a)
-            view = buf[:n]
-            disk.read_into(pos, view)
+    report(progress, end, end, "comparing")
+    return None
+
+
+def _compare_run(a: Disk, depth_a: int | None, buf_a: memoryview, b: Disk,
+                 depth_b: int | None, buf_b: memoryview, start: int, stop: int) -> int | None:
+    """The first difference in ``[start, stop)``, where neither side's holder changes
+    and at least one side holds data."""
+    for pos in range(start, stop, IO_CHUNK):
+        n = min(IO_CHUNK, stop - pos)
+        if depth_a is None or depth_b is None:
+            disk, depth, view = (b, depth_b, buf_b[:n]) if depth_a is None else (a, depth_a,
+                                                                                 buf_a[:n])
+            _read(disk, depth, pos, view)
             if not is_zero(view):
                 return pos + _first_nonzero(view)
         else:
             view_a, view_b = buf_a[:n], buf_b[:n]
-            a.read_into(pos, view_a)
-            b.read_into(pos, view_b)
-            words_a, words_b = _as_words(view_a), _as_words(view_b)
-            if not np.array_equal(words_a, words_b):
+            _read(a, depth_a, pos, view_a)
+            _read(b, depth_b, pos, view_b)
+            if not np.array_equal(_as_words(view_a), _as_words(view_b)):
                 diff = np.frombuffer(view_a, np.uint8) != np.frombuffer(view_b, np.uint8)
                 return pos + int(np.flatnonzero(diff)[0])
-        pos += n
-    report(progress, end, end, "comparing")
     return None

@@ -17,13 +17,15 @@ from ..blockmap import runs_of, zero_units, zeros
 from ..container import Disk
 from ..errors import ImageNotFound, InvalidParameter, NotSupported, ReadOnly, VDError
 from ..formats.base import Image
+from ..io import IO_CHUNK, buffer
 from ..progress import Progress, report
 from ..sizes import align_up
 from .preflight import ensure_space, held_bytes
 from ..types import (IMAGE_CONTENT_UNKNOWN, NIL_UUID, Capability, Geometry, ImageFlags,
                      OpenFlags, Status, fix_up_lchs, fix_up_pchs)
 
-CHUNK = 16 << 20
+#: Bytes copied per step (rounded to whole allocation units of the destination).
+CHUNK = IO_CHUNK
 
 
 def _get(getter, default=None):
@@ -160,13 +162,13 @@ def _copy_compressed(src: Disk, n: int, target: Image, length: int,
     """Copy whole allocation units, compressing those that hold anything."""
     unit = target.allocation_unit
     step = max(CHUNK // unit, 1) * unit
-    buf = bytearray(step)
+    buf = buffer(step)
     pos = 0
     while pos < length:
         report(progress, pos, length, "compressing")
         stop = min(pos + step, length)
         if _holds_anything(src, n, pos, stop):
-            view = memoryview(buf)[:align_up(stop - pos, unit)]
+            view = buf[:align_up(stop - pos, unit)]
             src.read_chain(pos, view[:stop - pos], n)
             view[stop - pos:] = zeros(len(view) - (stop - pos))
             for first, count, zero in runs_of(zero_units(view, unit)):
@@ -202,16 +204,19 @@ def _carry_geometry(src: Disk, n: int, dst: Disk) -> None:
 
 def _copy_content(src: Disk, n: int, dst: Disk, length: int, block_wise: bool, bottom: int,
                   new_base: bool, progress: Progress | None) -> None:
-    """The copy loop: 16 MiB at a time, skipping what needs no write."""
-    buf = bytearray(CHUNK)
+    """The copy loop: a few MiB of whole destination units at a time, skipping what
+    needs no write."""
+    unit = dst.image(-1).allocation_unit
+    step = max(CHUNK // unit, 1) * unit
+    buf = buffer(step)
     pos = 0
     while pos < length:
         report(progress, pos, length, "copying")
-        want = min(CHUNK, length - pos)
+        want = min(step - pos % step, length - pos)
         if block_wise:
             depth, status, run = src.resolve(pos, want, n, bottom)
             if depth >= 0 and status is Status.DATA:
-                view = memoryview(buf)[:run]
+                view = buf[:run]
                 src.image(depth).read_into(pos, view)
                 dst.write(pos, view, track_modification=False)
             elif depth >= 0 and not new_base:
@@ -220,7 +225,7 @@ def _copy_content(src: Disk, n: int, dst: Disk, length: int, block_wise: bool, b
             # Nothing held (or zeros into a new base, which reads zeros anyway): skip.
             pos += run
         else:
-            view = memoryview(buf)[:want]
+            view = buf[:want]
             src.read_chain(pos, view, n)
             dst.write(pos, view, track_modification=False)
             pos += want

@@ -19,12 +19,14 @@ import uuid as uuidlib
 
 from ..container import Disk
 from ..errors import InvalidParameter, NotSupported
+from ..io import IO_CHUNK, buffer
 from ..progress import Progress, report
 from ..sizes import align_down, align_up
 from ..types import OpenFlags
 from .preflight import ensure_space, held_bytes
 
-CHUNK = 16 << 20
+#: Bytes of the disk merged per step (rounded to whole units of the target).
+CHUNK = IO_CHUNK
 
 
 def merge(disk: Disk, from_: int, to: int, progress: Progress | None = None) -> None:
@@ -109,13 +111,13 @@ def _move_data(disk: Disk, target_index: int, source_top: int, merged_top: int,
     size = target.size
     unit = max(target.allocation_unit, 512)
     step = max(CHUNK // unit, 1) * unit
-    buf = bytearray(step)
+    buf = buffer(step)
     pos = 0
     while pos < size:
         report(progress, pos, size, "merging")
         chunk_end = min(pos + step, size)
         for start, stop in _units_held(disk, pos, chunk_end, merged_top, merged_bottom, unit):
-            view = memoryview(buf)[:stop - start]
+            view = buf[:stop - start]
             disk.read_chain(start, view, source_top)
             disk.write_image(target_index, start, view, below)
         pos = chunk_end

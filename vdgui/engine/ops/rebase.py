@@ -18,12 +18,13 @@ from ..blockmap import changed_units, runs_of
 from ..chain import open_chain
 from ..container import Disk
 from ..errors import InvalidParameter
-from ..io import StorageProvider
+from ..io import IO_CHUNK, StorageProvider, buffer
 from ..progress import Progress, report
 from ..sizes import align_down, align_up
 from ..types import OpenFlags, Status
 
-CHUNK = 16 << 20
+#: Bytes compared per step (rounded to whole allocation units).
+CHUNK = IO_CHUNK
 
 
 def rebase(path: str | os.PathLike[str], new_parent: str | os.PathLike[str], *,
@@ -63,7 +64,7 @@ def _store_differences(old: Disk, new: Disk, progress: Progress | None) -> None:
     unit = image.allocation_unit
     size = image.size
     step = max(CHUNK // unit, 1) * unit
-    mine, theirs = bytearray(step), bytearray(step)
+    mine, theirs = buffer(step), buffer(step)
     pos = 0
     while pos < size:
         report(progress, pos, size, "comparing parents")
@@ -74,7 +75,7 @@ def _store_differences(old: Disk, new: Disk, progress: Progress | None) -> None:
         start = align_down(pos, unit)
         stop = min(align_up(pos + run, unit), start + step)
         filled = min(stop, size) - start
-        view_old, view_new = memoryview(mine)[:stop - start], memoryview(theirs)[:stop - start]
+        view_old, view_new = mine[:stop - start], theirs[:stop - start]
         view_old[filled:] = view_new[filled:] = bytes(stop - start - filled)
         old.read_chain(start, view_old[:filled], top)
         _read_clipped(new, start, view_new[:filled])

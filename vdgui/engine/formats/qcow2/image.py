@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ...blockmap import (DATA, LOOKAHEAD, ZERO, BlockMap, FlatTable, is_zero, run_length,
+from ...blockmap import (LOOKAHEAD, BlockMap, FlatTable, is_zero, run_length,
                          unit_runs)
 from ...errors import (Corrupted, InvalidParameter, InvalidSize, InvalidState, InvalidType,
                        NotSupported, ShrinkNotSupported)
@@ -284,13 +284,11 @@ class Qcow2Image(SingleFileImage):
     # -- lookups for the block maps ----------------------------------------------------
 
     def _status_lookup(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        kinds, offsets, _, _ = self.map.lookup(first, count)
-        return np.where(kinds == COMPRESSED_KIND, DATA, kinds).astype(np.uint8), offsets
+        return self.map.states(first, count, reading=False)
 
     def _read_lookup(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         # Compressed units read as zeros here and are filled in by read_into.
-        kinds, offsets, _, _ = self.map.lookup(first, count)
-        return np.where(kinds == COMPRESSED_KIND, ZERO, kinds).astype(np.uint8), offsets
+        return self.map.states(first, count, reading=True)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -451,7 +449,7 @@ class Qcow2Image(SingleFileImage):
             table, offset, replaced = self._writable_l2(index)
             old = table[slot:slot + k].copy()
             new = produce(i, k)
-            table = self.map.l2.get(offset)
+            table = self.map.l2.modify(offset)
             table[slot:slot + k] = new
             self.map.l2.persist(offset, slot, k)
             if replaced is not None:

@@ -14,9 +14,11 @@ with extended L2) into kinds, vectorised with numpy, for the block map machinery
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ...blockmap import FlatTable, TableCache
+from ...blockmap import DATA, ZERO, FlatTable, TableCache, frozen
 from ...errors import Corrupted
 from ...io import Storage
 from .header import Header
@@ -117,8 +119,33 @@ class Intervals:
         return self.overlap(cluster, 1) or "metadata"
 
 
+class Units(NamedTuple):
+    """What :meth:`ClusterMap.lookup` says about a range of allocation units."""
+
+    kinds: np.ndarray
+    offsets: np.ndarray   # host byte offset of each unit's data, -1 where none
+    writable: np.ndarray  # may be written in place (COPIED in L1 and L2)
+    entries: np.ndarray   # the raw L2 entries (for compressed units)
+
+
+class _Decoded(NamedTuple):
+    """One L2 table of standard entries as lookups need it, derived once."""
+
+    entries: np.ndarray
+    kinds: np.ndarray
+    offsets: np.ndarray
+    copied: np.ndarray
+    status: np.ndarray    # block map states, compressed units as DATA
+    read: np.ndarray      # block map states, compressed units as ZERO
+    suspect: bool         # some entry fails the checks a lookup makes
+
+
 class ClusterMap:
-    """The L1 table (in memory) and an LRU of L2 tables of one image."""
+    """The L1 table (in memory) and an LRU of L2 tables of one image.
+
+    With standard L2 entries every table is classified once, when it is loaded
+    (or changed), and lookups slice the result.
+    """
 
     def __init__(self, storage: Storage, header: Header, path: str,
                  static_metadata: Intervals) -> None:
@@ -132,14 +159,27 @@ class ClusterMap:
         #: Allocation units are subclusters with extended L2 entries.
         self.unit_shift = 5 if self.extended else 0
         self.unit_size = self.cluster_size >> self.unit_shift
-        self.static_metadata = static_metadata
+        self._static_metadata = static_metadata
         self.l1 = FlatTable(storage, header.l1_table_offset, header.l1_size, ">u8",
                             "QCOW2 L1 table")
         self.l2 = TableCache(storage, self.cluster_size // 8, ">u8",
                              capacity=max(16, L2_CACHE_BYTES // self.cluster_size),
-                             what="QCOW2 L2 table")
+                             what="QCOW2 L2 table",
+                             decode=None if self.extended else self._decode)
         self._compressed_shift = 62 - (self.cluster_bits - 8)
         self._checked_l2: set[int] = set()
+        #: What lookups see where an L1 entry has no L2 table.
+        self._no_table = self._decode(frozen(np.zeros(self.l2_entries, dtype=">u8")))
+
+    @property
+    def static_metadata(self) -> Intervals:
+        """Fixed structures no L2 entry may point into."""
+        return self._static_metadata
+
+    @static_metadata.setter
+    def static_metadata(self, value: Intervals) -> None:
+        self._static_metadata = value
+        self.l2.drop_decoded()  # which entries are suspect may have changed
 
     # -- tables ------------------------------------------------------------------------
 
@@ -175,11 +215,11 @@ class ClusterMap:
         return (offsets[offsets != 0] >> _U(self.cluster_bits)).astype(np.int64)
 
     def _cluster_entries(self, first: int, count: int
-                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Raw L2 entries (and subcluster bitmaps) of clusters ``first..``, and the
-        COPIED flag of the L1 entry above each."""
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw extended L2 entries and subcluster bitmaps of clusters ``first..``, and
+        the COPIED flag of the L1 entry above each."""
         entries = np.zeros(count, dtype=np.uint64)
-        bitmaps = np.zeros(count, dtype=np.uint64) if self.extended else None
+        bitmaps = np.zeros(count, dtype=np.uint64)
         l1_copied = np.zeros(count, dtype=bool)
         per = self.l2_entries
         pos = first
@@ -190,11 +230,8 @@ class ClusterMap:
             if offset:
                 table = self.l2.get(offset)
                 at = pos - first
-                if self.extended:
-                    entries[at:at + take] = table[2 * slot:2 * (slot + take):2]
-                    bitmaps[at:at + take] = table[2 * slot + 1:2 * (slot + take):2]
-                else:
-                    entries[at:at + take] = table[slot:slot + take]
+                entries[at:at + take] = table[2 * slot:2 * (slot + take):2]
+                bitmaps[at:at + take] = table[2 * slot + 1:2 * (slot + take):2]
                 l1_copied[at:at + take] = self.l1_copied(index)
             pos += take
         return entries, bitmaps, l1_copied
@@ -206,32 +243,92 @@ class ClusterMap:
         """Kinds and host byte offsets of standard L2 entries (offset -1 where none)."""
         return classify(entries)
 
-    def lookup(self, first: int, count: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, entries: np.ndarray) -> _Decoded:
+        kinds, offsets = classify(entries)
+        compressed = kinds == COMPRESSED_KIND
+        try:
+            self._check_units(kinds, offsets)
+            suspect = False
+        except Corrupted:
+            suspect = True  # lookups of this table check their range and say what is wrong
+        return _Decoded(entries, frozen(kinds), frozen(offsets),
+                        frozen((entries & _COPIED) != 0),
+                        frozen(np.where(compressed, DATA, kinds).astype(np.uint8)),
+                        frozen(np.where(compressed, ZERO, kinds).astype(np.uint8)), suspect)
+
+    def _tables(self, first: int, count: int) -> list[tuple[_Decoded, int, int, bool]]:
+        """``(table, first slot, slots, L1 COPIED)`` per L2 table clusters ``first..``
+        touch (standard entries)."""
+        per = self.l2_entries
+        pieces = []
+        pos, end = first, first + count
+        while pos < end:
+            index, slot = divmod(pos, per)
+            take = min(end - pos, per - slot)
+            offset = self.l2_table_offset(index)
+            if offset:
+                pieces.append((self.l2.decoded(offset), slot, take, self.l1_copied(index)))
+            else:
+                pieces.append((self._no_table, slot, take, False))
+            pos += take
+        return pieces
+
+    @staticmethod
+    def _field(pieces: list[tuple[_Decoded, int, int, bool]], name: str) -> np.ndarray:
+        parts = [getattr(table, name)[slot:slot + take] for table, slot, take, _ in pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _standard(self, first: int, count: int, names: tuple[str, ...]
+                  ) -> tuple[list[tuple[_Decoded, int, int, bool]], list[np.ndarray]]:
+        """The tables clusters ``first..`` touch and the named fields of their range,
+        checked as every lookup is."""
+        pieces = self._tables(first, count)
+        fields = [self._field(pieces, name) for name in names]
+        if any(table.suspect for table, _, _, _ in pieces):
+            self._check_units(self._field(pieces, "kinds"), self._field(pieces, "offsets"))
+        return pieces, fields
+
+    def lookup(self, first: int, count: int) -> Units:
         """``(kinds, offsets, writable, entries)`` of allocation units ``first..``.
 
         ``offsets`` are host byte offsets of each unit's data (-1 where none);
         ``writable`` says the unit may be written in place (COPIED in L1 and L2);
         ``entries`` are the raw L2 entries (for compressed units).
         """
+        if self.unit_shift:
+            return self._lookup_extended(first, count)
+        pieces, (kinds, offsets, entries) = self._standard(
+            first, count, ("kinds", "offsets", "entries"))
+        copied = [table.copied[slot:slot + take] if l1_copied else np.zeros(take, dtype=bool)
+                  for table, slot, take, l1_copied in pieces]
+        writable = copied[0] if len(copied) == 1 else np.concatenate(copied)
+        return Units(kinds, offsets, writable, entries)
+
+    def states(self, first: int, count: int, reading: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Block map states and offsets of units ``first..``: compressed units count
+        as DATA, or as ZERO when ``reading`` (their content is inflated separately)."""
+        if self.unit_shift:
+            kinds, offsets, _, _ = self._lookup_extended(first, count)
+            return np.where(kinds == COMPRESSED_KIND, ZERO if reading else DATA,
+                            kinds).astype(np.uint8), offsets
+        _, (states, offsets) = self._standard(first, count,
+                                              ("read" if reading else "status", "offsets"))
+        return states, offsets
+
+    def _lookup_extended(self, first: int, count: int) -> Units:
+        """:meth:`lookup` for extended L2 entries, where units are subclusters."""
         shift = self.unit_shift
         c0 = first >> shift
         c1 = (first + count - 1) >> shift
         entries, bitmaps, l1_copied = self._cluster_entries(c0, c1 - c0 + 1)
-        if shift:
-            units = np.arange(first, first + count, dtype=np.int64)
-            at = (units >> shift) - c0
-            sub = (units & (SUBCLUSTERS - 1)).astype(np.uint64)
-            entries, bitmaps, l1_copied = entries[at], bitmaps[at], l1_copied[at]
-        kinds, offsets = self.classify(entries)
-        if shift:
-            kinds, offsets = self._subclusters(kinds, offsets, bitmaps, sub)
-        elif self.version < 3 and np.any((kinds == ZERO_PLAIN) | (kinds == ZERO_ALLOC)):
-            raise Corrupted("an L2 entry of this version 2 image has the zero flag, which only "
-                            "version 3 defines", self.path)
+        units = np.arange(first, first + count, dtype=np.int64)
+        at = (units >> shift) - c0
+        sub = (units & (SUBCLUSTERS - 1)).astype(np.uint64)
+        entries, bitmaps, l1_copied = entries[at], bitmaps[at], l1_copied[at]
+        kinds, offsets = self._subclusters(*self.classify(entries), bitmaps, sub)
         self._check_offsets(kinds, offsets)
         writable = ((entries & _COPIED) != 0) & l1_copied
-        return kinds, offsets, writable, entries
+        return Units(kinds, offsets, writable, entries)
 
     def _subclusters(self, kinds: np.ndarray, offsets: np.ndarray, bitmaps: np.ndarray,
                      sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,6 +348,13 @@ class ClusterMap:
                                 np.where(zero, ZERO_PLAIN, UNALLOCATED))).astype(np.uint8)
         offsets = np.where(out == NORMAL, offsets + sub.astype(np.int64) * self.unit_size, -1)
         return out, offsets
+
+    def _check_units(self, kinds: np.ndarray, offsets: np.ndarray) -> None:
+        """The checks every lookup of standard entries makes (Corrupted on failure)."""
+        if self.version < 3 and np.any((kinds == ZERO_PLAIN) | (kinds == ZERO_ALLOC)):
+            raise Corrupted("an L2 entry of this version 2 image has the zero flag, which only "
+                            "version 3 defines", self.path)
+        self._check_offsets(kinds, offsets)
 
     def _check_offsets(self, kinds: np.ndarray, offsets: np.ndarray) -> None:
         hosted = (kinds == NORMAL) | (kinds == ZERO_ALLOC)

@@ -210,9 +210,8 @@ class _Packer:
         cs = self.cs
         breaks = np.flatnonzero((np.diff(sources) != 1) | (np.diff(targets) != 1)) + 1
         for run_src, run_dst in zip(np.split(sources, breaks), np.split(targets, breaks)):
-            length = len(run_src) * cs
-            data = self.storage.read_at(int(run_src[0]) * cs, length)
-            self.storage.write_at(int(run_dst[0]) * cs, data.ljust(length, b"\0"))
+            self.storage.copy_to(int(run_src[0]) * cs, len(run_src) * cs, self.storage,
+                                 int(run_dst[0]) * cs)
         self.refcounts.adjust(targets, 1)
         self.storage.flush()
 
@@ -224,7 +223,7 @@ class _Packer:
         for l1_index in np.unique(guest // per).tolist():
             mine = np.flatnonzero(guest // per == l1_index)
             table_offset = image.map.l2_table_offset(l1_index)
-            table = image.map.l2.get(table_offset)
+            table = image.map.l2.modify(table_offset)
             slots = guest[mine] % per
             table[slots] = (table[slots] & _KEEP) | (targets[mine].astype(np.uint64)
                                                      << np.uint64(cb))

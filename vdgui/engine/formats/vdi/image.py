@@ -77,6 +77,10 @@ from .layout import (
     invalid_header,
 )
 
+#: Bytes of blocks a compaction moves per batch (each batch costs three flushes:
+#: the copies, the journal, the block map).
+PACK_BATCH = 1 << 30
+
 
 class VdiImage(SingleFileImage):
     """An opened VDI image."""
@@ -317,9 +321,9 @@ class VdiImage(SingleFileImage):
         return owner
 
     def _copy_slot(self, source: int, target: int) -> None:
-        start = self._slot_offset(source) - self._block_extra
-        data = self.storage.read_exact(start, self._slot, "a data block")
-        self.storage.write_at(self._slot_offset(target) - self._block_extra, data)
+        self.storage.copy_to(self._slot_offset(source) - self._block_extra, self._slot,
+                             self.storage, self._slot_offset(target) - self._block_extra,
+                             "a data block")
 
     def pack(self, progress: Progress | None = None) -> None:
         """Fill holes with the last blocks, then cut the file after the last one.
@@ -334,7 +338,7 @@ class VdiImage(SingleFileImage):
         moves = []
         while holes and used and holes[0] < used[-1]:
             moves.append((used.pop(), holes.pop(0)))
-        batch = max(1, (64 << 20) // self._slot)
+        batch = max(1, PACK_BATCH // self._slot)
         for done in range(0, len(moves), batch):
             report(progress, done, len(moves), "moving blocks")
             part = moves[done:done + batch]
@@ -342,10 +346,9 @@ class VdiImage(SingleFileImage):
                 self._copy_slot(source, target)
             self.storage.flush()
             with self.storage.transaction():
-                for source, target in part:
-                    block = int(owner[source])
-                    self.table.entries[block] = target
-                    self.table.persist(block, 1)
+                blocks = owner[[source for source, _ in part]]
+                self.table.entries[blocks] = [target for _, target in part]
+                self.table.persist_entries(blocks)
         keep = len(used) + len(moves)
         with self.storage.transaction():
             self._allocated = keep

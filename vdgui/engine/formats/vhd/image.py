@@ -428,8 +428,7 @@ class VhdImage(SingleFileImage):
                                      len(self.blocks.entries))
 
     def _copy(self, source: int, target: int, length: int) -> None:
-        self.storage.write_at(target, self.storage.read_exact(source, length,
-                                                              "data being moved"))
+        self.storage.copy_to(source, length, self.storage, target, "data being moved")
 
     def pack(self, progress: Progress | None = None) -> None:
         """Move the last blocks (and locator data) into the holes, then cut the file.

@@ -443,11 +443,7 @@ class VhdxImage(SingleFileImage):
             self._commit(self.bat.patches())
 
     def _copy(self, source: int, target: int, size: int) -> None:
-        step = 16 * MiB
-        for pos in range(0, size, step):
-            n = min(step, size - pos)
-            data = self.storage.read_at(source + pos, n)  # a last block may end early
-            self.storage.write_at(target + pos, data.ljust(n, b"\0"))
+        self.storage.copy_to(source, size, self.storage, target)  # a last block may end early
 
     def resize(self, size: int, progress: Progress | None = None) -> None:
         """Grow (new blocks, the BAT moved to the end of the file if its region is

@@ -407,10 +407,15 @@ class SparseExtent(Extent):
 
     # -- the grain map ----------------------------------------------------------------
 
+    def _gt_offset(self, index: int) -> int:
+        """The file offset of grain table ``index``, 0 when it is not allocated."""
+        return int(self.gd.entries[index]) * SECTOR if index < len(self.gd.entries) else 0
+
     def _gt_entries(self, index: int) -> np.ndarray | None:
-        """Grain table ``index`` (a cached array), None when it is not allocated."""
-        sector = int(self.gd.entries[index]) if index < len(self.gd.entries) else 0
-        return self.gts.get(sector * SECTOR) if sector else None
+        """Grain table ``index`` (a cached, read-only array), None when it is not
+        allocated."""
+        offset = self._gt_offset(index)
+        return self.gts.get(offset) if offset else None
 
     def _lookup(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         states = np.zeros(count, dtype=np.uint8)
@@ -575,10 +580,11 @@ class SparseExtent(Extent):
         return (pos + starts) // SECTOR
 
     def _table_for_update(self, index: int) -> np.ndarray:
-        """Grain table ``index``, allocating it (and its mirror) if the GD has none."""
-        table = self._gt_entries(index)
-        if table is not None:
-            return table
+        """Grain table ``index``, writable, allocating it (and its mirror) if the GD
+        has none."""
+        offset = self._gt_offset(index)
+        if offset:
+            return self.gts.modify(offset)
         if index >= len(self.gd.entries):
             raise Corrupted(f"grain table {index} lies outside the grain directory",
                             self.path, status=_INVALID)
@@ -622,7 +628,7 @@ class SparseExtent(Extent):
             self.gts.persist(int(self.gd.entries[index]) * SECTOR, low, high - low)
             if self.rgd is not None and int(self.rgd.entries[index]):
                 offset = int(self.rgd.entries[index]) * SECTOR
-                mirror = self.rgts.get(offset)
+                mirror = self.rgts.modify(offset)
                 mirror[low:high] = self._gt_entries(index)[low:high]
                 self.rgts.persist(offset, low, high - low)
 
@@ -705,6 +711,7 @@ class SparseExtent(Extent):
             if table is None and value:
                 table = self._table_for_update(index)
             if table is not None and np.any(table[low:high] != value):
+                table = self._table_for_update(index)
                 table[low:high] = value
                 self._persist({index: [low, high]})
             grain += high - low
@@ -796,8 +803,7 @@ class SparseExtent(Extent):
             report(progress, done, len(moves), "moving grains")
             part = moves[done:done + batch]
             for source, target, count in _runs(part, self.grain_sectors):
-                data = self.storage.read_at(source * SECTOR, count * gb)
-                self.storage.write_at(target * SECTOR, data + zeros(count * gb - len(data)))
+                self.storage.copy_to(source * SECTOR, count * gb, self.storage, target * SECTOR)
             self.storage.flush()
             with self.storage.transaction():
                 self._repoint(part)
@@ -816,8 +822,8 @@ class SparseExtent(Extent):
             return
         size = self.gt_sectors * SECTOR
         for source, target, _owner in moves:
-            self.storage.write_at(target * SECTOR, self.storage.read_exact(
-                source * SECTOR, size, "VMDK grain table"))
+            self.storage.copy_to(source * SECTOR, size, self.storage, target * SECTOR,
+                                 "VMDK grain table")
         self.storage.flush()
         caches = (self.gts, self.rgts)
         with self.storage.transaction():
@@ -865,12 +871,12 @@ class SparseExtent(Extent):
             lows = [low for low, _ in items]
             first, stop = min(lows), max(lows) + 1
             offset = int(self.gd.entries[index]) * SECTOR
-            table = self.gts.get(offset)
+            table = self.gts.modify(offset)
             table[lows] = [target for _, target in items]
             self.gts.persist(offset, first, stop - first)
             if self.rgd is not None and int(self.rgd.entries[index]):
                 mirror_offset = int(self.rgd.entries[index]) * SECTOR
-                mirror = self.rgts.get(mirror_offset)
+                mirror = self.rgts.modify(mirror_offset)
                 mirror[first:stop] = table[first:stop]
                 self.rgts.persist(mirror_offset, first, stop - first)
 
