@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-# Debian packages: qemu-utils is the interop oracle; desktop-file-utils, appstream
+# Debian packages: qemu-utils is the interop oracle (and GNU time measures the
+# benchmarks' peak memory); desktop-file-utils, appstream
 # and shared-mime-info validate the desktop entry, the metainfo and the MIME info;
 # binutils (objdump, objcopy) is what PyInstaller builds the bundle with; the rest
 # are the Qt runtime libraries the PySide6 wheels need (xcb for a real display,
 # EGL/GL/fontconfig for every platform) and Xvfb for running the application
 # without a display.
-DEB_PACKAGES := qemu-utils desktop-file-utils appstream shared-mime-info binutils xvfb xauth \
+DEB_PACKAGES := qemu-utils time desktop-file-utils appstream shared-mime-info binutils xvfb xauth \
 	libegl1 libgl1 libopengl0 libfontconfig1 libfreetype6 libdbus-1-3 libglib2.0-0 \
 	libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1 libxrender1 libxi6 \
 	libxcb1 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \

@@ -28,6 +28,7 @@ import vdgui
 from vdgui.engine import Disk, parse_size
 
 MiB = 1 << 20
+GNU_TIME = "/usr/bin/time"  # Debian package "time"
 VDIMG = [sys.executable, "-m", "vdgui.cli"]
 
 
@@ -47,17 +48,20 @@ def timed(command: list[str]) -> Timing:
     """Run ``command`` and measure its wall time and peak resident memory.
 
     Earlier writes (the inputs, the other tool's output) are flushed first, so that
-    their write-back does not land in the timed run.
+    their write-back does not land in the timed run.  The peak is measured by GNU
+    time: a child forked from this (large) process would report at least this
+    process's size, since Linux carries the forking process's peak across exec.
     """
     os.sync()
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) not in (0, 1):  # compare exits 1 on a difference
-        raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr.read().decode()}")
-    proc.stderr.close()
-    return Timing(elapsed, usage.ru_maxrss / 1024)
+    with tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", peak.name, *command],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if proc.returncode not in (0, 1):  # compare exits 1 on a difference
+            raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr.decode()}")
+        kib = int(peak.read().split()[-1])
+    return Timing(elapsed, kib / 1024)
 
 
 def fill_half(path: Path, size: int, backend: str) -> None:
@@ -89,6 +93,7 @@ def remove(*paths: Path) -> None:
 def make_inputs(folder: Path, size: int) -> dict[str, Path]:
     inputs = {"vdi": folder / "src.vdi", "qcow2": folder / "src.qcow2",
               "vhd": folder / "src.vhd"}
+    remove(*inputs.values())  # a reused --dir: build them afresh
     fill_half(inputs["vdi"], size, "VDI")
     subprocess.run(["qemu-img", "convert", "-f", "vdi", "-O", "qcow2", inputs["vdi"],
                     inputs["qcow2"]], check=True)
