@@ -11,7 +11,7 @@ import pytest
 from vdgui.engine import registry
 from vdgui.engine.chain import open_chain
 from vdgui.engine.container import Disk
-from vdgui.engine.errors import InvalidParameter, NotSupported, VDError
+from vdgui.engine.errors import InvalidParameter, NotSupported, ReadOnly, VDError
 from vdgui.engine.formats.parallels import ParallelsImage
 from vdgui.engine.types import Geometry, OpenFlags, Status
 
@@ -191,6 +191,21 @@ def test_unknown_necessary_extension_keeps_image_read_only(tmp_path: Path) -> No
     with pytest.raises(NotSupported, match="read-only"):
         open_chain(image)
     assert engine_read(image) == expected(SIZE, WRITES)
+    assert digest(image) == before
+
+
+def test_refused_switch_to_writing_leaves_the_image_read_only(tmp_path: Path) -> None:
+    image = tmp_path / "a.hds"
+    create(image, SIZE, "Parallels", {"format": "extended"}, WRITES)
+    extension(image, 0x1234, 1)
+    before = digest(image)
+    with open_chain(image, OpenFlags.READONLY) as disk:
+        with pytest.raises(NotSupported, match="read-only"):
+            disk.set_open_flags(0, OpenFlags.NORMAL)
+        assert disk.is_read_only
+        with pytest.raises(ReadOnly):
+            disk.write(0, b"x")
+        assert disk.read(0, SIZE) == expected(SIZE, WRITES)
     assert digest(image) == before
 
 

@@ -461,7 +461,10 @@ class SingleFileImage(Image):
 
     Subclasses implement :meth:`_load` (read and check the file's structures);
     :meth:`open` does the rest: the device-type check, opening the file, and
-    closing it again when loading fails.
+    closing it again when loading fails.  Formats that mark a file while it is
+    open for writing (an in-use flag, a need-check or dirty bit), or check it
+    before the first write, do so in :meth:`_start_writing` and
+    :meth:`_end_writing`, which opening, reopening and closing call.
     """
 
     def __init__(self, io: StorageProvider, path: str, flags: OpenFlags,
@@ -478,6 +481,8 @@ class SingleFileImage(Image):
         image = cls(io, path, flags)
         try:
             image._load()
+            if not image.read_only:
+                image._start_writing()
         except BaseException:
             image.storage.close()
             raise
@@ -487,14 +492,36 @@ class SingleFileImage(Image):
         """Read and check the file's structures (called by :meth:`open`)."""
         raise NotImplementedError
 
+    def _start_writing(self) -> None:
+        """The file was just opened (or reopened) for writing and nothing is written
+        yet: check or repair what an unclean close left, mark the file in use."""
+
+    def _end_writing(self) -> None:
+        """The file is about to be closed or reopened read-only: clear what
+        :meth:`_start_writing` marked."""
+
     def set_open_flags(self, flags: OpenFlags) -> None:
         """Reopen the file read-only or read/write as ``flags`` say."""
         want_writable = not flags & OpenFlags.READONLY
-        if want_writable != self.storage.writable:
-            if self.storage.writable:
-                self.flush()
-            self.storage.reopen(want_writable, bool(flags & OpenFlags.SHAREABLE))
-        self.open_flags = flags
+        shareable = bool(flags & OpenFlags.SHAREABLE)
+        if want_writable == self.storage.writable:
+            self.open_flags = flags
+        elif want_writable:
+            self.storage.reopen(True, shareable)
+            self.open_flags = flags
+            try:
+                self._start_writing()
+            except BaseException:
+                # Refused (or failed) before anything was marked: back to reading only,
+                # writing nothing more.
+                self.storage.reopen(False, shareable)
+                self.open_flags = flags | OpenFlags.READONLY
+                raise
+        else:
+            self._end_writing()
+            self.flush()
+            self.storage.reopen(False, shareable)
+            self.open_flags = flags
 
     def transaction(self) -> ContextManager[None]:
         return self.storage.transaction()
@@ -512,7 +539,11 @@ class SingleFileImage(Image):
             self.storage.flush()
 
     def close(self) -> None:
-        self.storage.close()
+        try:
+            if self.storage.writable:
+                self._end_writing()
+        finally:
+            self.storage.close()
 
 
 def relative_parent_path(child_path: str, parent_path: str) -> str:

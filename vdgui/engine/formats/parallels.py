@@ -190,8 +190,6 @@ class ParallelsImage(SingleFileImage):
         if h["inuse"] == INUSE and self.read_only:
             log.info("%s was not closed cleanly (Parallels in-use flag set); reading it "
                      "without repairing it", path)
-        if not self.read_only:
-            self._start_writing()
 
     def _map_bat(self, layout: _Layout) -> None:
         """Load the BAT and set up the block map."""
@@ -612,25 +610,6 @@ class ParallelsImage(SingleFileImage):
         ]
 
     # -- lifetime --------------------------------------------------------------------
-
-    def close(self) -> None:
-        try:
-            if self.storage.writable:
-                self._end_writing()
-        finally:
-            super().close()
-
-    def set_open_flags(self, flags: OpenFlags) -> None:
-        was_writable = self.storage.writable
-        if was_writable and flags & OpenFlags.READONLY:
-            self._end_writing()
-        super().set_open_flags(flags)
-        if self.storage.writable and not was_writable:
-            try:
-                self._start_writing()
-            except BaseException:
-                super().set_open_flags(flags | OpenFlags.READONLY)
-                raise
 
     # -- creation --------------------------------------------------------------------
 

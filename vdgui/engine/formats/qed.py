@@ -176,8 +176,6 @@ class QedImage(SingleFileImage):
         if h["features"] & FEATURE_NEED_CHECK and self.read_only:
             log.info("%s was not closed cleanly (QED need-check flag set); reading it "
                      "without repairing it", path)
-        if not self.read_only:
-            self._start_writing()
 
     @staticmethod
     def _layout(h: dict) -> TableLayout:
@@ -464,22 +462,8 @@ class QedImage(SingleFileImage):
         if self.storage.writable:
             self._end_update()
 
-    def close(self) -> None:
-        try:
-            if self.storage.writable:
-                self._end_update()
-        finally:
-            super().close()
-
-    def set_open_flags(self, flags: OpenFlags) -> None:
-        was_writable = self.storage.writable
-        super().set_open_flags(flags)
-        if self.storage.writable and not was_writable:
-            try:
-                self._start_writing()
-            except BaseException:
-                super().set_open_flags(flags | OpenFlags.READONLY)
-                raise
+    def _end_writing(self) -> None:
+        self._end_update()
 
     # -- creation --------------------------------------------------------------------
 

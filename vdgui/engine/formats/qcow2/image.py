@@ -136,15 +136,7 @@ class Qcow2Image(SingleFileImage):
             # Refuse before taking the write lock of an image we must not write.
             with io.open(path) as storage:
                 cls._check_header_for_writing(read_header(storage, path), path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-            if not image.read_only:
-                image._begin_writing()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
+        return super().open(io, path, flags, disk_type, config)
 
     def _load(self) -> None:
         storage, path = self.storage, self.path
@@ -200,7 +192,7 @@ class Qcow2Image(SingleFileImage):
                                f"invalidate; remove them first (qemu-img bitmap --remove) or "
                                f"open the image read-only", path)
 
-    def _begin_writing(self) -> None:
+    def _start_writing(self) -> None:
         """Checks and repairs before the first write of a read/write open."""
         h = self.header
         self._check_header_for_writing(h, self.path)
@@ -274,12 +266,6 @@ class Qcow2Image(SingleFileImage):
         if becoming_writable:
             self._check_header_for_writing(self.header, self.path)
         super().set_open_flags(flags)
-        if becoming_writable:
-            try:
-                self._begin_writing()
-            except BaseException:
-                super().set_open_flags(flags | OpenFlags.READONLY)
-                raise
 
     # -- lookups for the block maps ----------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -131,20 +130,6 @@ class VhdImage(SingleFileImage):
         if disk_type not in (DiskType.INVALID, DiskType.HDD):
             raise InvalidType("VHD images are hard disks", path)
         return DiskType.HDD
-
-    @classmethod
-    def open(cls, io: StorageProvider, path: str, flags: OpenFlags,
-             disk_type: DiskType = DiskType.HDD,
-             config: Mapping[str, str] | None = None) -> VhdImage:
-        if disk_type not in (DiskType.INVALID, DiskType.HDD):
-            raise InvalidType("VHD images are hard disks", path)
-        image = cls(io, path, flags)
-        try:
-            image._load()
-        except BaseException:
-            image.storage.close()
-            raise
-        return image
 
     def _problem(self, message: str, repair: str) -> None:
         """A recoverable inconsistency: refuse to write, warn when only reading."""

@@ -261,12 +261,13 @@ class VhdxImage(SingleFileImage):
             self._write_header(log_guid=NIL_UUID)
         self._log = None
 
-    def _end_session(self) -> None:
+    def _end_writing(self) -> None:
         """Leave the log empty (log GUID nil) at the end of a read/write session."""
         if self._session:
             self._retire_log()
         self._session = False
         self._data_guid_renewed = False
+        self.storage.flush()
 
     # -- the block table ------------------------------------------------------------------
 
@@ -744,19 +745,9 @@ class VhdxImage(SingleFileImage):
         want_writable = not flags & OpenFlags.READONLY
         if want_writable and not self.storage.writable and self._damage:
             raise self._damaged_error()
-        if not want_writable and self.storage.writable:
-            self._end_session()
         super().set_open_flags(flags)
         if want_writable and self.header.log_pending:
             self._replay_into_file()
-
-    def close(self) -> None:
-        try:
-            if self.storage.writable:
-                self._end_session()
-                self.storage.flush()
-        finally:
-            super().close()
 
     def describe(self) -> list[tuple[str, str]]:
         h, m = self.header, self.meta
