@@ -16,7 +16,7 @@ import contextlib
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import ClassVar, ContextManager, Mapping
+from typing import TYPE_CHECKING, ClassVar, ContextManager, Mapping
 
 from ..errors import (GeometryNotSet, InvalidParameter, InvalidType, NotSupported, ReadOnly,
                       ShrinkNotSupported)
@@ -24,6 +24,9 @@ from ..io import Storage, StorageProvider
 from ..progress import Progress
 from ..types import (Capability, ConfigKey, DiskType, Geometry, ImageFlags, OpenFlags,
                      SECTOR, Status, variant_names)
+
+if TYPE_CHECKING:
+    from ..blockmap import BlockMap
 
 
 @dataclass(frozen=True)
@@ -544,6 +547,24 @@ class SingleFileImage(Image):
                 self._end_writing()
         finally:
             self.storage.close()
+
+
+class MappedContent(Image):
+    """Reading and writing through a :class:`~vdgui.engine.blockmap.BlockMap` at
+    ``self.map``: the content paths of a block-map backend, which it overrides
+    where its format differs (a mixin, listed before the backend's image class)."""
+
+    map: BlockMap
+
+    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
+        return self.map.block_status(offset, length)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self.map.read_into(offset, buf)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self.check_writable()
+        self.map.write(offset, data)
 
 
 def relative_parent_path(child_path: str, parent_path: str) -> str:

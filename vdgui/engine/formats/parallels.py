@@ -59,7 +59,8 @@ from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueT
 from ._twolevel import (KIND_DATA, CheckPlan, Extents, Region, classify, copy_ranges,
                         leak_findings, move_extents, plan_moves, repair_open, run_check,
                         why_bad, write_value)
-from .base import BackendInfo, CreateRequest, SingleFileImage, config_int, validate_config
+from .base import (BackendInfo, CreateRequest, MappedContent, SingleFileImage, config_int,
+                   validate_config)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class _Layout:
         return cls(cs, cs if extended else SECTOR, count, sectors * SECTOR, data_start)
 
 
-class ParallelsImage(SingleFileImage):
+class ParallelsImage(MappedContent, SingleFileImage):
     """An opened Parallels expanding image."""
 
     info = BackendInfo(
@@ -319,13 +320,6 @@ class ParallelsImage(SingleFileImage):
             # (a 64-bit sector count can make that tail astronomically long).
             return Status.FREE, length
         return self.map.block_status(offset, min(length, mapped - offset))
-
-    def read_into(self, offset: int, buf: memoryview) -> None:
-        self.map.read_into(offset, buf)
-
-    def write(self, offset: int, data: memoryview) -> None:
-        self.check_writable()
-        self.map.write(offset, data)
 
     @property
     def allocation_unit(self) -> int:

@@ -40,11 +40,11 @@ from ..io import Storage, StorageProvider
 from ..layout import Layout
 from ..progress import Progress
 from ..types import (SECTOR, Capability, ConfigKey, ConfigKeyFlags, ConfigValueType, DiskType,
-                     ImageFlags, OpenFlags, Status)
+                     ImageFlags, OpenFlags)
 from ._twolevel import (CheckPlan, Region, TableLayout, TwoLevelTable, leak_findings,
                         repair_open, run_check, survey_tables, table_fixes)
-from .base import (BackendInfo, CreateRequest, ParentLink, SingleFileImage, config_int,
-                   relative_parent_path, validate_config)
+from .base import (BackendInfo, CreateRequest, MappedContent, ParentLink, SingleFileImage,
+                   config_int, relative_parent_path, validate_config)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _decode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return states, raw.astype(np.int64)
 
 
-class QedImage(SingleFileImage):
+class QedImage(MappedContent, SingleFileImage):
     """An opened QED image."""
 
     info = BackendInfo(
@@ -295,16 +295,6 @@ class QedImage(SingleFileImage):
     @property
     def size(self) -> int:
         return self._h["image_size"]
-
-    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
-        return self.map.block_status(offset, length)
-
-    def read_into(self, offset: int, buf: memoryview) -> None:
-        self.map.read_into(offset, buf)
-
-    def write(self, offset: int, data: memoryview) -> None:
-        self.check_writable()
-        self.map.write(offset, data)
 
     @property
     def allocation_unit(self) -> int:

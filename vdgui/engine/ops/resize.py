@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..blockmap import zeros
 from ..container import Disk
 from ..errors import InvalidSize, NotSupported, ReadOnly, VDError
+from ..formats.base import Image
 from ..progress import Progress, part, report
 from ..sizes import align_up
 from ..types import SECTOR, Geometry, ImageFlags
@@ -28,14 +29,7 @@ def resize(disk: Disk, size: int, pchs: Geometry | None = None, lchs: Geometry |
     current heads and sectors; a geometry the image does not store stays unset.
     """
     with disk.lock:
-        if not len(disk):
-            raise NotSupported("no image is opened")
-        image = disk.image(-1)
-        if image.read_only:
-            raise ReadOnly("the image is opened read-only", image.path)
-        if size <= 0 or size % SECTOR:
-            raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
-                              image.path)
+        image = _top_to_resize(disk, size)
         if image.image_flags & ImageFlags.FIXED and size > image.size:
             ensure_space(disk.io, image.path, size - image.size, "growing the fixed image")
         old_size = image.size
@@ -64,6 +58,11 @@ def check_resizable(disk: Disk, size: int) -> None:
     """Raise what :func:`resize` would refuse up front, changing nothing: a format
     that cannot resize, a read-only image, a bad size, or a shrink that would cut
     off what the top image stores (the format may still refuse more at run time)."""
+    _top_to_resize(disk, size).check_resize(size)
+
+
+def _top_to_resize(disk: Disk, size: int) -> Image:
+    """The top image, when it is open for writing and ``size`` is a valid size."""
     if not len(disk):
         raise NotSupported("no image is opened")
     image = disk.image(-1)
@@ -72,7 +71,7 @@ def check_resizable(disk: Disk, size: int) -> None:
     if size <= 0 or size % SECTOR:
         raise InvalidSize(f"the new size {size} is not a positive multiple of 512 bytes",
                           image.path)
-    image.check_resize(size)
+    return image
 
 
 def _hide_below(disk: Disk, old_size: int, size: int) -> None:

@@ -37,11 +37,11 @@ from ...types import (
     Geometry,
     ImageFlags,
     OpenFlags,
-    Status,
 )
 from ..base import (
     BackendInfo,
     CreateRequest,
+    MappedContent,
     ParentLink,
     SingleFileImage,
     config_int,
@@ -82,7 +82,7 @@ from .layout import (
 PACK_BATCH = 1 << 30
 
 
-class VdiImage(SingleFileImage):
+class VdiImage(MappedContent, SingleFileImage):
     """An opened VDI image."""
 
     info = BackendInfo(
@@ -239,16 +239,6 @@ class VdiImage(SingleFileImage):
     @property
     def size(self) -> int:
         return self._disk_size
-
-    def block_status(self, offset: int, length: int) -> tuple[Status, int]:
-        return self.map.block_status(offset, length)
-
-    def read_into(self, offset: int, buf: memoryview) -> None:
-        self.map.read_into(offset, buf)
-
-    def write(self, offset: int, data: memoryview) -> None:
-        self.check_writable()
-        self.map.write(offset, data)
 
     @property
     def allocation_unit(self) -> int:
