@@ -7,6 +7,7 @@ in-process.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ def test_process_version() -> None:
     result = run_process("--version")
     assert result.returncode == 0
     assert result.stdout.decode().strip() == f"vdimg {vdgui.__version__}"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device", "directory"])
+def test_process_refuses_what_is_no_image_file(tmp_path: Path, kind: str) -> None:
+    """Not an image file: one clear error, and no wait for a FIFO's writer (a hang
+    would fail the run's timeout)."""
+    if kind == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/null") if kind == "character device" else tmp_path
+    for args in (("info", path), ("check", path), ("read", path, "0", "1")):
+        result = run_process(*args)
+        assert result.returncode == 3
+        assert_one_error_line(result.stderr, str(path), "not an image file")
 
 
 def test_process_missing_file_is_one_line_exit_3(tmp_path: Path) -> None:

@@ -138,9 +138,10 @@ def probe(path: str, disk_type: DiskType = DiskType.INVALID,
     """
     io = io or default_provider()
     if not io.exists(path):
-        # Let the file layer say precisely why (missing, a folder, no permission).
+        # Let the file layer say precisely why (missing, a folder, a FIFO, no
+        # permission); what it lets through is still no image file.
         io.open(path).close()
-        raise FileNotFound("file not found", path)
+        raise NotSupported("is not a regular file; disk images are files", path)
     expected = backend_for_extension(path)
     reason = ""
     for cls in _BACKENDS:

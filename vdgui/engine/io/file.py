@@ -6,10 +6,11 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import struct
 from typing import Iterator
 
-from ..errors import AlreadyExists, Corrupted, ImageInUse, from_os_error
+from ..errors import AlreadyExists, Corrupted, ImageInUse, StorageError, from_os_error
 from .base import Storage, StorageProvider
 
 # QEMU's file-posix driver locks single bytes to announce what an open image does:
@@ -34,6 +35,10 @@ except AttributeError:  # pragma: no cover - every glibc has it
     _fallocate = None
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+#: What a path may name instead of an image file (a block device may hold a raw disk).
+_NOT_IMAGE_FILES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)",
+                    stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
 
 
 def _flock(fd: int, cmd: int, kind: int, start: int) -> bytes:
@@ -214,7 +219,9 @@ class FileProvider(StorageProvider):
             flags = os.O_RDWR
         else:
             flags = os.O_RDONLY
-        flags |= getattr(os, "O_CLOEXEC", 0)
+        # Non-blocking, so that opening a FIFO cannot wait for a writer forever (it is
+        # refused below); regular files ignore the flag.
+        flags |= getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
         try:
             fd = self._open_fd(path, flags, read_only=not (writable or create))
         except FileExistsError as exc:
@@ -226,8 +233,10 @@ class FileProvider(StorageProvider):
                                                "does not exist") from exc
             raise from_os_error(exc, path, "cannot open the file") from exc
         try:
-            if os.path.isdir(path):
-                raise from_os_error(OSError(errno.EISDIR, "is a directory"), path)
+            kind = _NOT_IMAGE_FILES.get(stat.S_IFMT(os.fstat(fd).st_mode))
+            if kind is not None:
+                raise StorageError(f"is {kind}, not an image file", path)
+            os.set_blocking(fd, True)
             self._lock(fd, path, writable or create, shareable)
         except BaseException:
             os.close(fd)
