@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vdgui.engine import blockmap
 from vdgui.engine.blockmap import FlatTable, TableCache, runs_of
 from vdgui.engine.io import MemoryProvider
 
@@ -88,3 +89,10 @@ def test_runs_of_booleans_and_of_small_integers():
     assert list(runs_of(np.array([0, 2, 2, 1], dtype=np.uint8))) == [
         (0, 1, 0), (1, 2, 2), (3, 1, 1)]
     assert list(runs_of(np.array([], dtype=bool))) == []
+
+
+def test_shared_zero_blocks_stay_bounded_whatever_lengths_are_asked() -> None:
+    for length in range(1, 5000, 7):
+        assert blockmap.zeros(length) == bytes(length)
+    assert blockmap.zeros(4096) is blockmap.zeros(4096)  # common sizes are shared
+    assert len(blockmap._ZERO_CACHE) <= 25  # powers of two up to 16 MiB only

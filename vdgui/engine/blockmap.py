@@ -36,15 +36,18 @@ MAX_TABLE_BYTES = 1 << 30
 
 Lookup = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
 
+#: Shared zero blocks by length: powers of two only (block and sector sizes), so that
+#: the cache stays bounded (under 32 MiB) whatever lengths hostile images ask for.
 _ZERO_CACHE: dict[int, bytes] = {}
 
 
 def zeros(length: int) -> bytes:
-    """A shared all-zero ``bytes`` of ``length`` (for comparisons and fills)."""
+    """An all-zero ``bytes`` of ``length`` (for comparisons and fills), shared when
+    ``length`` is a power of two up to 16 MiB."""
     block = _ZERO_CACHE.get(length)
     if block is None:
         block = bytes(length)
-        if length <= 16 << 20:
+        if length <= 16 << 20 and length & (length - 1) == 0:
             _ZERO_CACHE[length] = block
     return block
 
